@@ -1,0 +1,99 @@
+"""Render every failure as OpenAI's error envelope, with the request id in the message.
+
+This is the only place that writes ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from voxgate.errors import VoxgateError
+from voxgate.schemas import ErrorDetail, ErrorEnvelope
+
+log = logging.getLogger("voxgate.api")
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "invalid_request"}
+
+
+def request_id(request: Request) -> str:
+    return getattr(request.state, "request_id", "")
+
+
+def error_response(
+    request: Request,
+    status_code: int,
+    message: str,
+    *,
+    type: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    retry_after_s: int | None = None,
+) -> JSONResponse:
+    rid = request_id(request)
+    body = ErrorEnvelope(
+        error=ErrorDetail(
+            message=f"{message} (request id: {rid})", type=type, param=param, code=code
+        )
+    )
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(VoxgateError)
+    async def voxgate_error(request: Request, exc: VoxgateError) -> JSONResponse:
+        return error_response(
+            request,
+            exc.status_code,
+            exc.message,
+            type=exc.type,
+            param=exc.param,
+            code=exc.code,
+            retry_after_s=exc.retry_after_s,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_response(request, exc.errors())
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return error_response(
+            request, exc.status_code, str(exc.detail), code=_HTTP_CODES.get(exc.status_code)
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error (request id %s)", request_id(request))
+        return error_response(
+            request,
+            500,
+            "The server had an error while processing your request.",
+            type="server_error",
+            code="internal_error",
+        )
+
+
+def validation_response(request: Request, errors: list[dict[str, object]]) -> JSONResponse:
+    """A pydantic validation failure as a 400 naming the first offending field."""
+    first = errors[0] if errors else {"loc": (), "msg": "Invalid request", "type": ""}
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]  # type: ignore[union-attr]
+    param = location[0] if location else None
+    if first.get("type") == "missing":
+        message = f"Missing required parameter: '{param}'."
+        code = "missing_required_parameter"
+    elif first.get("type") == "extra_forbidden":
+        message = f"Unrecognized request argument supplied: '{param}'."
+        code = "unknown_parameter"
+    elif first.get("type") == "json_invalid" or param is None:
+        message = f"The request body is not valid: {first.get('msg')}."
+        code = "invalid_request"
+    else:
+        message = f"Invalid value for '{'.'.join(location)}': {first.get('msg')}."
+        code = "invalid_value"
+    return error_response(request, 400, message, param=param, code=code)

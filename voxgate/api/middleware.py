@@ -1,0 +1,89 @@
+"""Pure ASGI middleware (no response buffering, so streams stay streams)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from voxgate.errors import PayloadTooLarge
+
+UPLOAD_PATHS = ("/v1/audio/transcriptions", "/v1/audio/translations")
+
+
+class RequestIdMiddleware:
+    """Give every request an id (``x-request-id`` on every response, in every error message)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = f"req_{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class UploadLimitMiddleware:
+    """Refuse upload bodies over the limit without reading them into memory.
+
+    A declared ``Content-Length`` over the limit is answered 413 before any byte is read; a
+    chunked body is counted as it streams and the request fails with 413 at the first byte over.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].rstrip("/") not in UPLOAD_PATHS:
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(scope, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise PayloadTooLarge(self._message(), param="file")
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _message(self) -> str:
+        return (
+            f"Maximum content size limit ({self.max_bytes}) exceeded. Split or compress the audio."
+        )
+
+    async def _reject(self, scope: Scope, send: Send) -> None:
+        request_id = scope.get("state", {}).get("request_id", "")
+        body = json.dumps(
+            {
+                "error": {
+                    "message": f"{self._message()} (request id: {request_id})",
+                    "type": "invalid_request_error",
+                    "param": "file",
+                    "code": PayloadTooLarge.code,
+                }
+            }
+        ).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,96 @@
+"""The error tree: every failure voxgate reports, with its HTTP status and OpenAI type and code.
+
+    VoxgateError
+    ├── InvalidRequest          400 invalid_request_error  (a field's value; ``param`` names it)
+    │   ├── InvalidAudio        400 invalid_request_error / invalid_audio
+    │   └── UnsupportedModel    400 invalid_request_error / model_not_supported
+    ├── AuthenticationFailed    401 invalid_request_error / invalid_api_key
+    ├── NotFound                404 invalid_request_error / not_found
+    │   └── ModelNotFound       404 invalid_request_error / model_not_found
+    ├── PayloadTooLarge         413 invalid_request_error / payload_too_large
+    ├── RateLimited             429 requests / rate_limit_exceeded        (retryable)
+    ├── Overloaded              503 server_error / server_overloaded      (retryable)
+    └── EngineFailed            500 server_error / engine_error           (retryable)
+
+Providers and services raise these; ``api/errors.py`` alone renders them into OpenAI's envelope
+``{"error": {"message", "type", "param", "code"}}``. ``retryable`` is what clients (and later the
+router's retries) act on, never the message text.
+"""
+
+from __future__ import annotations
+
+
+class VoxgateError(Exception):
+    status_code = 400
+    type = "invalid_request_error"
+    code: str | None = None
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.retry_after_s = retry_after_s
+
+
+class InvalidRequest(VoxgateError):
+    code = "invalid_value"
+
+
+class InvalidAudio(InvalidRequest):
+    code = "invalid_audio"
+
+
+class UnsupportedModel(InvalidRequest):
+    """A known model used on an endpoint or with an option it does not support."""
+
+    code = "model_not_supported"
+
+
+class AuthenticationFailed(VoxgateError):
+    status_code = 401
+    code = "invalid_api_key"
+
+
+class NotFound(VoxgateError):
+    status_code = 404
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class PayloadTooLarge(VoxgateError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class RateLimited(VoxgateError):
+    status_code = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+    retryable = True
+
+
+class Overloaded(VoxgateError):
+    status_code = 503
+    type = "server_error"
+    code = "server_overloaded"
+    retryable = True
+
+
+class EngineFailed(VoxgateError):
+    status_code = 500
+    type = "server_error"
+    code = "engine_error"
+    retryable = True

@@ -1,0 +1,112 @@
+"""The seam between services and whatever actually does the work.
+
+A provider turns a job into domain objects: a transcription provider yields ``Segment``s, a speech
+provider yields ``PcmChunk``s. Providers know nothing of HTTP, output formats or wire schemas:
+the API renders. The embedded engines are the provider named ``local``; remote OpenAI-compatible
+upstreams will implement the same two protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+
+Task = Literal["transcribe", "translate"]
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One decoded segment, with Whisper's quality signals (used by verbose_json)."""
+
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: tuple[int, ...] = ()
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    words: tuple[Word, ...] = ()
+
+
+@dataclass(frozen=True)
+class TranscriptionJob:
+    """What to transcribe and how. ``audio`` is 16 kHz mono float32, already decoded."""
+
+    engine_model: str
+    audio: np.ndarray
+    task: Task = "transcribe"
+    language: str | None = None
+    prompt: str | None = None
+    temperature: float | None = None
+    word_timestamps: bool = False
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.audio) / 16000
+
+
+@dataclass
+class Transcription:
+    """A transcription under way: the language is known up front, segments arrive lazily.
+
+    The provider holds engine resources until ``segments`` is exhausted or closed, so consumers
+    iterate it inside ``contextlib.aclosing``.
+    """
+
+    language: str
+    language_probability: float
+    duration_s: float
+    segments: AsyncGenerator[Segment, None]
+
+    async def all_segments(self) -> list[Segment]:
+        async with aclosing(self.segments) as segments:
+            return [segment async for segment in segments]
+
+
+@dataclass(frozen=True)
+class SpeechJob:
+    """What to say. ``voice`` is an engine voice id already resolved by the catalog."""
+
+    engine_model: str
+    text: str
+    voice: str
+    speed: float = 1.0
+
+
+@dataclass(frozen=True)
+class PcmChunk:
+    """Mono signed 16-bit samples at ``sample_rate``."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+class TranscriptionProvider(Protocol):
+    async def transcribe(self, job: TranscriptionJob) -> Transcription:
+        """Start transcribing; raise before the first segment for anything wrong with the job."""
+        ...
+
+
+class SpeechProvider(Protocol):
+    def synthesize(self, job: SpeechJob) -> AsyncIterator[PcmChunk]:
+        """Yield audio as soon as each piece (a sentence) is synthesised."""
+        ...

@@ -1,0 +1,1 @@
+"""Services between the HTTP routes and the providers: routing, and later limits and metering."""

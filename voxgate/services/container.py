@@ -1,0 +1,40 @@
+"""Build and own everything a running server needs, from one Settings object."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from voxgate.catalog import Catalog
+from voxgate.providers.local import LocalProvider
+from voxgate.services.routing import Router
+from voxgate.settings import Settings
+
+log = logging.getLogger("voxgate")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    catalog: Catalog
+    local: LocalProvider
+    router: Router
+    startup_error: str | None = None
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        catalog = Catalog.load(settings.catalog_file)
+        local = LocalProvider(settings, catalog)
+        return cls(settings=settings, catalog=catalog, local=local, router=Router({"local": local}))
+
+    @property
+    def ready(self) -> bool:
+        return self.local.ready
+
+    async def start(self) -> None:
+        """Load the engines. Runs in the background; /health turns 200 when it is done."""
+        try:
+            await self.local.start()
+        except Exception as exc:
+            self.startup_error = f"{type(exc).__name__}: {exc}"
+            log.exception("loading the local engines failed")

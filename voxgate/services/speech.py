@@ -1,0 +1,39 @@
+"""Text to speech: resolve the voice, start the provider, encode chunk by chunk."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from voxgate.audio import SpeechEncoder, SpeechFormat
+from voxgate.catalog import CatalogEntry
+from voxgate.concurrency import run_in_thread
+from voxgate.providers.base import PcmChunk, SpeechJob
+from voxgate.services.container import Services
+
+
+def start_speech(
+    services: Services, entry: CatalogEntry, *, text: str, voice: str, speed: float
+) -> AsyncIterator[PcmChunk]:
+    """Yield PCM as each sentence is synthesised. Raises on bad input before the first chunk."""
+    job = SpeechJob(
+        engine_model=entry.model.id, text=text, voice=entry.resolve_voice(voice), speed=speed
+    )
+    return services.router.speech_provider(entry).synthesize(job)
+
+
+async def encode_stream(
+    chunks: AsyncIterator[PcmChunk], first: PcmChunk, response_format: SpeechFormat
+) -> AsyncIterator[bytes]:
+    """Encode ``first`` and then the rest of ``chunks``; every chunk's bytes leave at once."""
+    encoder = await run_in_thread(SpeechEncoder, response_format, first.sample_rate)
+    try:
+        if data := await run_in_thread(encoder.encode, first.samples):
+            yield data
+        async for chunk in chunks:
+            if data := await run_in_thread(encoder.encode, chunk.samples):
+                yield data
+        if data := await run_in_thread(encoder.finish):
+            yield data
+    finally:
+        encoder.close()
+        await chunks.aclose()  # type: ignore[attr-defined]
