@@ -19,17 +19,13 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
-
-
 async def require_api_key(request: Request, services: ServicesDep) -> None:
     """Accept ``Authorization: Bearer <key>`` if it matches a configured key.
 
     Keys are compared as SHA-256 digests with ``hmac.compare_digest`` against every configured
     key (no early exit), so timing reveals neither which key nor how much of it matched.
     """
-    accepted = services.settings.api_keys
+    accepted = services.api_key_digests
     if not accepted:
         return
     scheme, _, presented = request.headers.get("authorization", "").partition(" ")
@@ -37,9 +33,9 @@ async def require_api_key(request: Request, services: ServicesDep) -> None:
         raise AuthenticationFailed(
             "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
         )
-    presented_digest = _digest(presented.strip())
+    presented_digest = hashlib.sha256(presented.strip().encode()).digest()
     matched = False
-    for key in accepted:
-        matched |= hmac.compare_digest(presented_digest, _digest(key))
+    for digest in accepted:
+        matched |= hmac.compare_digest(presented_digest, digest)
     if not matched:
         raise AuthenticationFailed("Incorrect API key provided.")

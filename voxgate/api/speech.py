@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from voxgate import schemas
 from voxgate.api.deps import ServicesDep
 from voxgate.audio import media_type
+from voxgate.errors import InvalidRequest
 from voxgate.services.speech import encode_stream, start_speech
 
 router = APIRouter()
@@ -23,7 +24,9 @@ async def create_speech(body: schemas.SpeechRequest, services: ServicesDep) -> S
     chunks = start_speech(services, entry, text=body.input, voice=voice, speed=body.speed)
     # Wait for the first sentence before answering, so any engine error is still a clean
     # JSON error rather than a 200 with a broken body.
-    first = await anext(chunks)  # type: ignore[call-overload]
+    first = await anext(chunks, None)  # type: ignore[call-overload]
+    if first is None:
+        raise InvalidRequest("The input contains nothing that can be spoken.", param="input")
     audio = encode_stream(chunks, first, body.response_format)
     headers = {"x-voxgate-model": entry.model.id}
     if body.stream_format == "sse":

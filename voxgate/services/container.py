@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -19,13 +20,20 @@ class Services:
     catalog: Catalog
     local: LocalProvider
     router: Router
+    api_key_digests: tuple[bytes, ...] = ()
     startup_error: str | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         catalog = Catalog.load(settings.catalog_file)
         local = LocalProvider(settings, catalog)
-        return cls(settings=settings, catalog=catalog, local=local, router=Router({"local": local}))
+        return cls(
+            settings=settings,
+            catalog=catalog,
+            local=local,
+            router=Router({"local": local}),
+            api_key_digests=tuple(hashlib.sha256(k.encode()).digest() for k in settings.api_keys),
+        )
 
     @property
     def ready(self) -> bool:

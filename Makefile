@@ -1,0 +1,31 @@
+# Two entry points, both safe on a fresh clone: `make serve` and `make test`.
+# Each creates .venv if needed and (re)installs only when pyproject.toml changed.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: serve test lint bench
+
+serve: $(VENV)/.installed-serve
+	$(BIN)/voxgate serve
+
+test: $(VENV)/.installed-test
+	$(BIN)/ruff check voxgate tests bench
+	$(BIN)/ruff format --check voxgate tests bench
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/bench_core.py
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-serve: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@ $(VENV)/.installed-serve
