@@ -13,6 +13,7 @@ serve: $(VENV)/.installed-serve
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check voxgate tests bench
 	$(BIN)/ruff format --check voxgate tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed-test

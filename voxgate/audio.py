@@ -9,11 +9,12 @@ stream as it is synthesised. Both are blocking: call them through ``concurrency`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import BinaryIO, Literal, get_args
+from typing import BinaryIO, Literal, cast, get_args
 
 import av
 import av.error
 import numpy as np
+from av.audio.stream import AudioStream
 
 from voxgate.errors import InvalidAudio
 
@@ -108,7 +109,9 @@ class SpeechEncoder:
         self._container = av.open(
             self._sink, mode="w", format=codec.container, options=dict(codec.options)
         )
-        self._stream = self._container.add_stream(codec.codec, rate=output_rate, layout="mono")
+        self._stream = cast(
+            AudioStream, self._container.add_stream(codec.codec, rate=output_rate, layout="mono")
+        )
         if codec.bit_rate:
             self._stream.bit_rate = codec.bit_rate
         self._resampler = av.AudioResampler(

@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -135,7 +135,7 @@ class ClientDisconnected(Exception):
 
 
 async def cancel_on_disconnect(
-    receive: Callable[[], Awaitable[dict[str, object]]], work: Awaitable[T]
+    receive: Callable[[], Awaitable[MutableMapping[str, Any]]], work: Awaitable[T]
 ) -> T:
     """Await ``work`` but cancel it as soon as the ASGI ``receive`` reports a disconnect.
 

@@ -6,6 +6,8 @@ This is the only place that writes ``{"error": {"message", "type", "param", "cod
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -79,20 +81,23 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
 
-def validation_response(request: Request, errors: list[dict[str, object]]) -> JSONResponse:
+def validation_response(request: Request, errors: Sequence[Any]) -> JSONResponse:
     """A pydantic validation failure as a 400 naming the first offending field."""
-    first = errors[0] if errors else {"loc": (), "msg": "Invalid request", "type": ""}
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]  # type: ignore[union-attr]
+    first: dict[str, Any] = errors[0] if errors else {"msg": "Invalid request"}
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = location[0] if location else None
-    if first.get("type") == "missing":
+    if first.get("type") == "json_invalid" or param is None:
+        # Not JSON (the location is a character offset), missing, or not an object: no field.
+        param = None
+        detail = "missing" if first.get("type") == "missing" else f"not valid: {first.get('msg')}"
+        message = f"The request body is {detail}."
+        code = "invalid_request"
+    elif first.get("type") == "missing":
         message = f"Missing required parameter: '{param}'."
         code = "missing_required_parameter"
     elif first.get("type") == "extra_forbidden":
         message = f"Unrecognized request argument supplied: '{param}'."
         code = "unknown_parameter"
-    elif first.get("type") == "json_invalid" or param is None:
-        message = f"The request body is not valid: {first.get('msg')}."
-        code = "invalid_request"
     else:
         message = f"Invalid value for '{'.'.join(location)}': {first.get('msg')}."
         code = "invalid_value"

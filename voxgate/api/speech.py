@@ -24,7 +24,7 @@ async def create_speech(body: schemas.SpeechRequest, services: ServicesDep) -> S
     chunks = start_speech(services, entry, text=body.input, voice=voice, speed=body.speed)
     # Wait for the first sentence before answering, so any engine error is still a clean
     # JSON error rather than a 200 with a broken body.
-    first = await anext(chunks, None)  # type: ignore[call-overload]
+    first = await anext(chunks, None)
     if first is None:
         raise InvalidRequest("The input contains nothing that can be spoken.", param="input")
     audio = encode_stream(chunks, first, body.response_format)

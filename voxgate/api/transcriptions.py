@@ -49,7 +49,7 @@ async def _handle(
         try:
             options = schemas.TranscriptionForm.model_validate(_form_fields(form))
         except ValidationError as exc:
-            return validation_response(request, exc.errors())  # type: ignore[arg-type]
+            return validation_response(request, exc.errors())
         if not isinstance(upload, UploadFile):
             raise InvalidRequest(
                 "Missing required parameter: 'file' (an audio file upload).",

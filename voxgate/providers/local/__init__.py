@@ -28,9 +28,12 @@ class LocalProvider:
 
     def __init__(self, settings: Settings, catalog: Catalog) -> None:
         self._settings = settings
-        self._model_engines = {
-            model.id: model.engine for model in catalog.models() if model.provider == self.name
-        }
+        self._model_engines: dict[str, str] = {}
+        for model in catalog.models():
+            if model.provider == self.name:
+                if model.engine is None:
+                    raise ValueError(f"local model {model.id} must name its engine")
+                self._model_engines[model.id] = model.engine
         known = SPEECH_TO_TEXT_ENGINES | TEXT_TO_SPEECH_ENGINES
         unknown = set(self._model_engines.values()) - known
         if unknown:

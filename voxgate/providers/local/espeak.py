@@ -75,7 +75,7 @@ class EspeakEngine:
             index += 1
         return voices
 
-    def _collect(self, wav: ctypes.Array, count: int, _events: int) -> int:
+    def _collect(self, wav: ctypes._Pointer[ctypes.c_short], count: int, _events: int) -> int:
         if count > 0:
             self._pending.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
         return 0
