@@ -1,9 +1,14 @@
 """Speech to text, translation and language detection with faster-whisper (CTranslate2).
 
 Audio up to one 30 s window goes through the plain decoder. Longer audio goes through
-faster-whisper's ``BatchedInferencePipeline``: Silero VAD cuts it into speech chunks that are
-decoded in batches, about 1.8x faster on this hardware at equal WER, and immune to the
-"skipped 30 s window" failure of sequential long-form decoding.
+faster-whisper's ``BatchedInferencePipeline``: Silero VAD cuts it into speech chunks of up to
+30 s that are decoded in batches, faster than sequential decoding and immune to its "skipped
+30 s window" failure.
+
+The batched pipeline runs *without* timestamp tokens: with them, Whisper base dropped whole
+phrases at chunk ends (WER 0.118 against 0.039 on the 222 s LJ Speech clip). Its segments are
+then whole VAD chunks, so we take word timestamps (free here) and cut each chunk into
+sentence-sized segments, as a subtitle or a verbose_json reader expects.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 from voxgate.concurrency import EngineGate, iterate_in_thread, run_in_thread
 from voxgate.providers.base import Segment, Transcription, TranscriptionJob, Word
@@ -21,8 +27,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from faster_whisper import BatchedInferencePipeline, WhisperModel
 from faster_whisper.transcribe import Segment as FwSegment
 from faster_whisper.transcribe import TranscriptionInfo
+from faster_whisper.transcribe import Word as FwWord
 
 _WINDOW_S = 30.0
+_MAX_SEGMENT_S = 15.0
+_SENTENCE_END = (".", "?", "!", "\u3002", "\uff1f", "\uff01")
 _FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
@@ -69,28 +78,57 @@ class WhisperEngine:
                 yield item
 
     def _decode(self, job: TranscriptionJob) -> Iterator[TranscriptionInfo | Segment]:
-        if job.temperature:
-            temperature = tuple(t for t in _FALLBACK_TEMPERATURES if t >= job.temperature)
-            temperature = (job.temperature, *temperature[1:]) if temperature else (1.0,)
-        else:
-            temperature = _FALLBACK_TEMPERATURES
-        options = dict(
+        # OpenAI's temperature 0 means "start at 0, raise it when decoding fails"; any other
+        # value is where that fallback schedule starts.
+        start = job.temperature or 0.0
+        temperature = (start, *(t for t in _FALLBACK_TEMPERATURES if t > start))
+        options: dict[str, Any] = dict(
             language=job.language,
             task=job.task,
             beam_size=self._beam_size,
             temperature=temperature,
             initial_prompt=job.prompt or None,
-            word_timestamps=job.word_timestamps,
         )
-        if job.duration_s > _WINDOW_S:
-            raw_segments, info = self._batched.transcribe(
-                job.audio, batch_size=self._batch_size, without_timestamps=False, **options
+        if job.duration_s <= _WINDOW_S:
+            raw_segments, info = self._model.transcribe(
+                job.audio, word_timestamps=job.word_timestamps, **options
             )
-        else:
-            raw_segments, info = self._model.transcribe(job.audio, **options)
+            yield info
+            for index, raw in enumerate(raw_segments):
+                yield _to_segment(index, raw, keep_words=job.word_timestamps)
+            return
+        raw_segments, info = self._batched.transcribe(
+            job.audio,
+            batch_size=self._batch_size,
+            without_timestamps=True,
+            word_timestamps=True,
+            **options,
+        )
         yield info
-        for index, raw in enumerate(raw_segments):
-            yield _to_segment(index, raw)
+        index = 0
+        for raw in raw_segments:
+            for words in _sentences(raw.words or []):
+                yield self._sub_segment(index, raw, words, keep_words=job.word_timestamps)
+                index += 1
+
+    def _sub_segment(
+        self, index: int, raw: FwSegment, words: list[FwWord], *, keep_words: bool
+    ) -> Segment:
+        """A sentence of a VAD chunk: its own times, text and tokens; the chunk's scores."""
+        text = "".join(word.word for word in words)
+        return Segment(
+            id=index,
+            seek=int(raw.seek),
+            start=_secs(words[0].start),
+            end=_secs(words[-1].end),
+            text=text,
+            tokens=tuple(self._model.hf_tokenizer.encode(text, add_special_tokens=False).ids),
+            temperature=float(raw.temperature or 0.0),
+            avg_logprob=float(raw.avg_logprob),
+            compression_ratio=float(raw.compression_ratio),
+            no_speech_prob=float(raw.no_speech_prob),
+            words=tuple(_to_word(word) for word in words) if keep_words else (),
+        )
 
     async def warm_up(self) -> None:
         """Run one tiny decode so the first real request does not pay for lazy initialisation."""
@@ -101,11 +139,30 @@ class WhisperEngine:
         await transcription.all_segments()
 
 
-def _to_segment(index: int, raw: FwSegment) -> Segment:
-    words = tuple(
-        Word(word=w.word, start=_secs(w.start), end=_secs(w.end), probability=float(w.probability))
-        for w in raw.words or ()
+def _sentences(words: list[FwWord]) -> Iterator[list[FwWord]]:
+    """Group words into sentences; a sentence running past _MAX_SEGMENT_S ends at a word."""
+    sentence: list[FwWord] = []
+    for word in words:
+        sentence.append(word)
+        ends_sentence = word.word.rstrip().endswith(_SENTENCE_END)
+        if ends_sentence or word.end - sentence[0].start >= _MAX_SEGMENT_S:
+            yield sentence
+            sentence = []
+    if sentence:
+        yield sentence
+
+
+def _to_word(word: FwWord) -> Word:
+    return Word(
+        word=word.word,
+        start=_secs(word.start),
+        end=_secs(word.end),
+        probability=float(word.probability),
     )
+
+
+def _to_segment(index: int, raw: FwSegment, *, keep_words: bool) -> Segment:
+    words = tuple(_to_word(word) for word in raw.words or ()) if keep_words else ()
     return Segment(
         id=index,
         seek=int(raw.seek),
