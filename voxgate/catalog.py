@@ -7,6 +7,7 @@ the operator's ``VOXGATE_CATALOG_FILE``); no other module hard-codes a model id 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -185,7 +186,7 @@ class Catalog:
         entry.require(endpoint)
         return entry
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[CatalogEntry]:
         return iter(self.entries.values())
 
     def models(self) -> list[ModelSpec]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
@@ -13,7 +13,7 @@ from voxgate.services.container import Services
 
 
 def get_services(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
+    return cast(Services, request.app.state.services)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

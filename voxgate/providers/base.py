@@ -8,7 +8,7 @@ upstreams will implement the same two protocols.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -107,6 +107,10 @@ class TranscriptionProvider(Protocol):
 
 
 class SpeechProvider(Protocol):
-    def synthesize(self, job: SpeechJob) -> AsyncIterator[PcmChunk]:
+    def synthesize(self, job: SpeechJob) -> AsyncGenerator[PcmChunk, None]:
         """Yield audio as soon as each piece (a sentence) is synthesised."""
         ...
+
+
+class Provider(TranscriptionProvider, SpeechProvider, Protocol):
+    """Something the router can send any job to (the local engines, a remote upstream)."""

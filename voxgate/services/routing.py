@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from voxgate.catalog import CatalogEntry
 from voxgate.errors import UnsupportedModel
-from voxgate.providers.base import SpeechProvider, TranscriptionProvider
+from voxgate.providers.base import Provider, SpeechProvider, TranscriptionProvider
 
 
 class Router:
-    def __init__(self, providers: dict[str, TranscriptionProvider | SpeechProvider]) -> None:
+    def __init__(self, providers: dict[str, Provider]) -> None:
         self._providers = providers
 
-    def _provider(self, entry: CatalogEntry) -> object:
+    def _provider(self, entry: CatalogEntry) -> Provider:
         try:
             return self._providers[entry.model.provider]
         except KeyError:
@@ -26,7 +26,7 @@ class Router:
             ) from None
 
     def transcription_provider(self, entry: CatalogEntry) -> TranscriptionProvider:
-        return self._provider(entry)  # type: ignore[return-value]
+        return self._provider(entry)
 
     def speech_provider(self, entry: CatalogEntry) -> SpeechProvider:
-        return self._provider(entry)  # type: ignore[return-value]
+        return self._provider(entry)

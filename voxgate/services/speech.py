@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from voxgate.audio import SpeechEncoder, SpeechFormat
 from voxgate.catalog import CatalogEntry
@@ -13,7 +13,7 @@ from voxgate.services.container import Services
 
 def start_speech(
     services: Services, entry: CatalogEntry, *, text: str, voice: str, speed: float
-) -> AsyncIterator[PcmChunk]:
+) -> AsyncGenerator[PcmChunk, None]:
     """Yield PCM as each sentence is synthesised. Raises on bad input before the first chunk."""
     job = SpeechJob(
         engine_model=entry.model.id, text=text, voice=entry.resolve_voice(voice), speed=speed
@@ -22,7 +22,7 @@ def start_speech(
 
 
 async def encode_stream(
-    chunks: AsyncIterator[PcmChunk], first: PcmChunk, response_format: SpeechFormat
+    chunks: AsyncGenerator[PcmChunk, None], first: PcmChunk, response_format: SpeechFormat
 ) -> AsyncIterator[bytes]:
     """Encode ``first`` and then the rest of ``chunks``; every chunk's bytes leave at once."""
     encoder = await run_in_thread(SpeechEncoder, response_format, first.sample_rate)
@@ -36,4 +36,4 @@ async def encode_stream(
             yield data
     finally:
         encoder.close()
-        await chunks.aclose()  # type: ignore[attr-defined]
+        await chunks.aclose()

@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator
+from typing import TypeVar
 
 from voxgate.catalog import Catalog
 from voxgate.concurrency import EngineGate, run_in_thread
 from voxgate.errors import Overloaded, UnsupportedModel
-from voxgate.providers.base import PcmChunk, SpeechJob, Transcription, TranscriptionJob
+from voxgate.providers.base import (
+    PcmChunk,
+    SpeechJob,
+    SpeechProvider,
+    Transcription,
+    TranscriptionJob,
+    TranscriptionProvider,
+)
 from voxgate.settings import Settings
 
 log = logging.getLogger("voxgate.local")
+
+T = TypeVar("T")
 
 SPEECH_TO_TEXT_ENGINES = {"faster-whisper"}
 TEXT_TO_SPEECH_ENGINES = {"piper", "espeak-ng"}
@@ -44,15 +53,13 @@ class LocalProvider:
             )
             for engine in set(self._model_engines.values())
         }
-        self._engines: dict[str, Any] = {}
+        self._transcribers: dict[str, TranscriptionProvider] = {}
+        self._speakers: dict[str, SpeechProvider] = {}
         self._ready = asyncio.Event()
 
     @property
     def ready(self) -> bool:
         return self._ready.is_set()
-
-    def sample_rate(self, model_id: str) -> int:
-        return self._engine(model_id).sample_rate  # type: ignore[no-any-return]
 
     async def start(self) -> None:
         """Load every engine the catalog uses. Slow parts run in threads."""
@@ -71,36 +78,30 @@ class LocalProvider:
                 batch_size=self._settings.whisper_batch_size,
             )
             await whisper.warm_up()
-            self._engines["faster-whisper"] = whisper
+            self._transcribers["faster-whisper"] = whisper
         if "piper" in engines:
             from voxgate.providers.local.piper import load_piper
 
-            self._engines["piper"] = await load_piper(self.gates["piper"])
+            self._speakers["piper"] = await load_piper(self.gates["piper"])
         if "espeak-ng" in engines:
             from voxgate.providers.local.espeak import load_espeak
 
-            self._engines["espeak-ng"] = await load_espeak(self.gates["espeak-ng"])
+            self._speakers["espeak-ng"] = await load_espeak(self.gates["espeak-ng"])
         self._ready.set()
-        log.info("local engines ready: %s", ", ".join(sorted(self._engines)))
+        log.info(
+            "local engines ready: %s", ", ".join(sorted([*self._transcribers, *self._speakers]))
+        )
 
-    def _engine(self, model_id: str) -> Any:
+    def _find(self, engines: dict[str, T], model_id: str, task: str) -> T:
         if not self.ready:
             raise Overloaded("The local models are still loading.", retry_after_s=2)
-        try:
-            return self._engines[self._model_engines[model_id]]
-        except KeyError:
-            raise UnsupportedModel(
-                f"Model '{model_id}' is not served by the local engines.", param="model"
-            ) from None
+        engine = engines.get(self._model_engines.get(model_id, ""))
+        if engine is None:
+            raise UnsupportedModel(f"Model '{model_id}' cannot {task} locally.", param="model")
+        return engine
 
     async def transcribe(self, job: TranscriptionJob) -> Transcription:
-        engine = self._engine(job.engine_model)
-        if self._model_engines[job.engine_model] not in SPEECH_TO_TEXT_ENGINES:
-            raise UnsupportedModel(f"Model '{job.engine_model}' cannot transcribe.", param="model")
-        return await engine.transcribe(job)  # type: ignore[no-any-return]
+        return await self._find(self._transcribers, job.engine_model, "transcribe").transcribe(job)
 
-    def synthesize(self, job: SpeechJob) -> AsyncIterator[PcmChunk]:
-        engine = self._engine(job.engine_model)
-        if self._model_engines[job.engine_model] not in TEXT_TO_SPEECH_ENGINES:
-            raise UnsupportedModel(f"Model '{job.engine_model}' cannot speak.", param="model")
-        return engine.synthesize(job)  # type: ignore[no-any-return]
+    def synthesize(self, job: SpeechJob) -> AsyncGenerator[PcmChunk, None]:
+        return self._find(self._speakers, job.engine_model, "speak").synthesize(job)

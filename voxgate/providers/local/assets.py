@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 WHISPER_BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
@@ -58,8 +59,8 @@ def whisper_base_dir(models_dir: Path) -> Path:
     return dest
 
 
-def _copy_atomically(src: object, dest: Path) -> None:
+def _copy_atomically(src: Traversable, dest: Path) -> None:
     tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
-    with src.open("rb") as fin, open(tmp, "wb") as fout:  # type: ignore[attr-defined]
+    with src.open("rb") as fin, open(tmp, "wb") as fout:
         shutil.copyfileobj(fin, fout)
     os.replace(tmp, dest)

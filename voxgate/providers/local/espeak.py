@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 
 import espeakng_loader
 import numpy as np
@@ -80,7 +80,7 @@ class EspeakEngine:
             self._pending.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
         return 0
 
-    async def synthesize(self, job: SpeechJob) -> AsyncIterator[PcmChunk]:
+    async def synthesize(self, job: SpeechJob) -> AsyncGenerator[PcmChunk, None]:
         async with self.gate.slot():
             async for chunk in iterate_in_thread(lambda: self._synthesize(job)):
                 yield chunk

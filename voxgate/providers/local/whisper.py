@@ -178,8 +178,8 @@ def _to_segment(index: int, raw: FwSegment, *, keep_words: bool) -> Segment:
     )
 
 
-async def load_whisper(model_dir: Path, gate: EngineGate, **options: object) -> WhisperEngine:
-    return await run_in_thread(lambda: WhisperEngine(model_dir, gate, **options))  # type: ignore[arg-type]
+async def load_whisper(model_dir: Path, gate: EngineGate, **options: Any) -> WhisperEngine:
+    return await run_in_thread(lambda: WhisperEngine(model_dir, gate, **options))
 
 
 def _secs(value: float) -> float:
