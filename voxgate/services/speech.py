@@ -24,11 +24,18 @@ def start_speech(
 async def encode_stream(
     chunks: AsyncGenerator[PcmChunk, None], first: PcmChunk, response_format: SpeechFormat
 ) -> AsyncIterator[bytes]:
-    """Encode ``first`` and then the rest of ``chunks``; every chunk's bytes leave at once."""
+    """Encode ``first`` and then the rest of ``chunks``; every chunk's bytes leave at once.
+
+    The opening quarter second of ``first`` is encoded and sent on its own: encoding a whole
+    first sentence to mp3 takes ~100 ms while the engine synthesises the next one on the same
+    cores, and the listener only needs the start to begin playing.
+    """
     encoder = await run_in_thread(SpeechEncoder, response_format, first.sample_rate)
+    opening = first.sample_rate // 4
     try:
-        if data := await run_in_thread(encoder.encode, first.samples):
-            yield data
+        for samples in (first.samples[:opening], first.samples[opening:]):
+            if samples.size and (data := await run_in_thread(encoder.encode, samples)):
+                yield data
         async for chunk in chunks:
             if data := await run_in_thread(encoder.encode, chunk.samples):
                 yield data
