@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -42,9 +43,10 @@ class Server:
     def sdk(self, **options: object) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.v1, api_key=self.api_key, max_retries=0, **options)
 
-    def http(self, **options: object) -> httpx.Client:
+    def http(self, **options: Any) -> httpx.Client:
+        options.setdefault("timeout", 120)
         headers = {"Authorization": f"Bearer {self.api_key}"}
-        return httpx.Client(base_url=self.base_url, headers=headers, timeout=120, **options)
+        return httpx.Client(base_url=self.base_url, headers=headers, **options)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -3,6 +3,8 @@
 Piper's memory and latency grow with the length of one unpunctuated run (1,769 characters took
 1.9 GB), and the first audio can only leave once the first piece is done. So: split at sentence
 ends, then split any piece longer than ``max_chars`` at clause punctuation, then at spaces.
+The first sentence is also cut at its first clause break ("Hello, | how can I help?"): the
+listener hears the opening words while the rest of the sentence is synthesised.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import re
 
 # Latin punctuation ends a sentence only before white space; CJK full stops need none.
 _SENTENCE_END = re.compile(r"(?<=[.!?\u2026])\s+|(?<=[\u3002\uff01\uff1f])\s*|\n\s*\n+")
+_MIN_FIRST_PIECE = 4  # characters; never send a lone "A," or "So," on its own
 _CLAUSE_END = re.compile(r"(?<=[,;:\u2014])\s+|(?<=[\u3001\uff0c\uff1b\uff1a])\s*")
 
 
@@ -27,6 +30,10 @@ def split_for_synthesis(text: str, max_chars: int = 350) -> list[str]:
         for clause in _CLAUSE_END.split(sentence):
             parts.extend(clause.split(" ") if len(clause) > max_chars else [clause])
         pieces.extend(_pack(parts, max_chars))
+    if pieces:
+        head, *tail = _CLAUSE_END.split(pieces[0], maxsplit=1)
+        if tail and tail[0] and len(head) >= _MIN_FIRST_PIECE:
+            pieces[0:1] = [head, tail[0]]
     return pieces
 
 
