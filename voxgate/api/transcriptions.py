@@ -57,10 +57,8 @@ async def _handle(
                 code="missing_required_parameter",
             )
         entry = services.catalog.for_endpoint(options.model, endpoint)
-        _check_combinations(options)
-        words = (
-            "word" in options.timestamp_granularities and options.response_format == "verbose_json"
-        )
+        _check_combinations(options)  # word timestamps imply verbose_json from here on
+        words = "word" in options.timestamp_granularities
         logprobs = "logprobs" in options.include
         transcription = await start_transcription(
             services,
