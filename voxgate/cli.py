@@ -24,8 +24,12 @@ def serve(
 
     from voxgate.app import create_app
 
-    overrides: dict[str, Any] = {"host": host, "port": port}
-    settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
+    overrides: dict[str, Any] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    settings = Settings(**overrides)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

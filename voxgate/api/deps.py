@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
 from voxgate.errors import AuthenticationFailed
-from voxgate.services.container import Services
+from voxgate.services.container import Services, api_key_digest
 
 
 def get_services(request: Request) -> Services:
@@ -33,7 +32,7 @@ async def require_api_key(request: Request, services: ServicesDep) -> None:
         raise AuthenticationFailed(
             "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
         )
-    presented_digest = hashlib.sha256(presented.strip().encode()).digest()
+    presented_digest = api_key_digest(presented.strip())
     matched = False
     for digest in accepted:
         matched |= hmac.compare_digest(presented_digest, digest)

@@ -14,6 +14,11 @@ from voxgate.settings import Settings
 log = logging.getLogger("voxgate")
 
 
+def api_key_digest(key: str) -> bytes:
+    """How bearer keys are held and compared: only their SHA-256 digest is kept."""
+    return hashlib.sha256(key.encode()).digest()
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -32,7 +37,7 @@ class Services:
             catalog=catalog,
             local=local,
             router=Router({"local": local}),
-            api_key_digests=tuple(hashlib.sha256(k.encode()).digest() for k in settings.api_keys),
+            api_key_digests=tuple(api_key_digest(key) for key in settings.api_keys),
         )
 
     @property
