@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,11 +22,18 @@ from typing import Any
 
 import httpx
 import openai
+import psycopg
 import pytest
+import redis
+from sqlalchemy.engine import make_url
 
 REPO = Path(__file__).resolve().parent.parent
 AUDIO_DIR = Path(os.environ.get("VOXGATE_TEST_AUDIO", REPO.parent / "shared" / "audio"))
 API_KEY = "sk-voxgate-test-key"
+ADMIN_KEY = "sk-voxgate-admin-test-key"
+# PostgreSQL and Redis for the scale-out tests: each test gets its own database and Redis db.
+POSTGRES_URL = os.environ.get("VOXGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("VOXGATE_TEST_REDIS", "redis://127.0.0.1:6379/9")
 STARTUP_TIMEOUT_S = 120
 
 
@@ -67,6 +75,7 @@ def run_server(data_dir: Path, log_dir: Path, **env: str) -> Iterator[Server]:
         **os.environ,
         "VOXGATE_DATA_DIR": str(data_dir),
         "VOXGATE_API_KEYS": API_KEY,
+        "VOXGATE_ADMIN_KEY": ADMIN_KEY,
         **env,
     }
     with open(log_path, "wb") as log_file:
@@ -147,5 +156,144 @@ def manifest() -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh SQLite database for one test."""
+    return f"sqlite:///{tmp_path / 'voxgate.db'}"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    name = f"voxgate_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield str(make_url(POSTGRES_URL).set(database=name))
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """The test Redis database, empty before and after the test."""
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    try:
+        yield REDIS_URL
+    finally:
+        client.flushdb()
+        client.close()
+
+
 def audio_path(name: str) -> Path:
     return AUDIO_DIR / name
+
+
+# --- Metering tests: API keys and the usage ledger, written and read straight in the database ---
+
+from collections.abc import Callable, Iterable  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:
+    from voxgate.storage.keys import ApiKey
+
+
+def create_key(database_url: str, name: str = "test", **options: Any) -> tuple[ApiKey, str]:
+    """Store a key with ``KeyStore.create(name, **options)``; return it with its secret.
+
+    Migrates the database first, so it works before or after a server has started on it.
+    """
+    import asyncio
+
+    from voxgate.storage.db import Database
+    from voxgate.storage.keys import KeyStore
+
+    async def create() -> tuple[ApiKey, str]:
+        db = Database(database_url)
+        try:
+            await db.migrate()
+            return await KeyStore(db).create(name, **options)
+        finally:
+            await db.close()
+
+    return asyncio.run(create())
+
+
+def revoke_key(database_url: str, key_id: str) -> None:
+    import asyncio
+
+    from voxgate.storage.db import Database
+    from voxgate.storage.keys import KeyStore
+
+    async def revoke() -> None:
+        db = Database(database_url)
+        try:
+            await KeyStore(db).revoke(key_id)
+        finally:
+            await db.close()
+
+    asyncio.run(revoke())
+
+
+class LedgerReader:
+    """Read ``usage_records`` and ``api_keys`` rows as dicts (sync SQLAlchemy, any backend).
+
+    Rows are written after the response's last byte, so wait for them with ``settled``.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        from sqlalchemy import create_engine
+
+        from voxgate.storage.db import driver_urls
+
+        self.engine = create_engine(driver_urls(database_url)[1])
+
+    def rows(self, key_id: str | None = None) -> list[dict[str, Any]]:
+        """Usage rows in insertion order, all of them or those of one key."""
+        from sqlalchemy import select
+
+        from voxgate.storage.tables import UsageRow
+
+        query = select(UsageRow.__table__).order_by(UsageRow.id)
+        if key_id is not None:
+            query = query.where(UsageRow.api_key_id == key_id)
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    def key(self, key_id: str) -> dict[str, Any]:
+        """The ``api_keys`` row (spent_micros, reserved_micros, limits…)."""
+        from sqlalchemy import select
+
+        from voxgate.storage.tables import ApiKeyRow
+
+        query = select(ApiKeyRow.__table__).where(ApiKeyRow.id == key_id)
+        with self.engine.connect() as connection:
+            return dict(connection.execute(query).one()._mapping)
+
+    def settled(self, request_ids: Iterable[str], timeout: float = 60) -> dict[str, dict[str, Any]]:
+        """Wait until each request id has a row that is no longer pending; return them by id."""
+        wanted = set(request_ids)
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = {row["request_id"]: row for row in self.rows() if row["request_id"] in wanted}
+            if set(rows) == wanted and all(row["status"] != "pending" for row in rows.values()):
+                return rows
+            if time.monotonic() > deadline:
+                missing = wanted - set(rows)
+                pending = [rid for rid, row in rows.items() if row["status"] == "pending"]
+                raise AssertionError(f"rows not settled: missing {missing}, pending {pending}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 60) -> None:
+    """Poll ``predicate`` every 50 ms until it is truthy; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)

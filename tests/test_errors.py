@@ -359,6 +359,7 @@ AUTH_REQUESTS: dict[str, dict[str, Any]] = {
     "model": {"method": "GET", "url": "/v1/models/whisper-1"},
     "speech": {"method": "POST", "url": "/v1/audio/speech", "json": SPEECH},
     "speech-invalid-body": {"method": "POST", "url": "/v1/audio/speech", "json": {"speed": 9}},
+    "speech-malformed-json": {"method": "POST", "url": "/v1/audio/speech", "content": b"{oops"},
     "transcriptions": {
         "method": "POST",
         "url": "/v1/audio/transcriptions",
@@ -435,9 +436,13 @@ def test_public_routes_ignore_a_wrong_key(server: Server) -> None:
 
 @pytest.mark.parametrize("path", ["/v1/nope", "/v1/audio/nope", "/nope", "/v1/audio/speech/x"])
 def test_unknown_route(http: httpx.Client, path: str) -> None:
-    """Unknown routes are 404 in the envelope, with and without a key."""
+    """Unknown routes are 404 in the envelope; under /v1 the key is checked first."""
     assert_error(http.get(path), 404, "not_found", None)
-    assert_error(httpx.post(f"{http.base_url}{path}", timeout=30), 404, "not_found", None)
+    anonymous = httpx.post(f"{http.base_url}{path}", timeout=30)
+    if path.startswith("/v1/"):
+        assert_error(anonymous, 401, "invalid_api_key", None)
+    else:
+        assert_error(anonymous, 404, "not_found", None)
 
 
 def test_wrong_method(http: httpx.Client) -> None:

@@ -5,10 +5,12 @@
     │   ├── InvalidAudio        400 invalid_request_error / invalid_audio
     │   └── UnsupportedModel    400 invalid_request_error / model_not_supported
     ├── AuthenticationFailed    401 invalid_request_error / invalid_api_key
+    ├── PermissionDenied        403 invalid_request_error / permission_denied
     ├── NotFound                404 invalid_request_error / not_found
     │   └── ModelNotFound       404 invalid_request_error / model_not_found
     ├── PayloadTooLarge         413 invalid_request_error / payload_too_large
     ├── RateLimited             429 requests / rate_limit_exceeded        (retryable)
+    ├── InsufficientQuota       429 insufficient_quota / insufficient_quota (do not retry)
     ├── Overloaded              503 server_error / server_overloaded      (retryable)
     └── EngineFailed            500 server_error / engine_error           (retryable)
 
@@ -61,6 +63,11 @@ class AuthenticationFailed(VoxgateError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(VoxgateError):
+    status_code = 403
+    code = "permission_denied"
+
+
 class NotFound(VoxgateError):
     status_code = 404
     code = "not_found"
@@ -80,6 +87,14 @@ class RateLimited(VoxgateError):
     type = "requests"
     code = "rate_limit_exceeded"
     retryable = True
+
+
+class InsufficientQuota(VoxgateError):
+    """The key's budget cannot cover the request. OpenAI's wording: retrying will not help."""
+
+    status_code = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
 
 
 class Overloaded(VoxgateError):

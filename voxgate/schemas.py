@@ -197,3 +197,159 @@ class ErrorDetail(BaseModel):
 
 class ErrorEnvelope(BaseModel):
     error: ErrorDetail
+
+
+# --- admin: API keys (POST/GET/PATCH/DELETE /admin/keys) ------------------------------------
+# These fix the JSON shape only. Value ranges (name length, budget >= 0, limits >= 1, known
+# model ids, a future expiry) are checked by services/key_admin.py, which `voxgate keys` shares.
+
+
+class _StrictWire(_Wire):
+    """No coercion: ``"rpm": true`` or ``"budget_usd": "5"`` is a mistake, not a value."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ApiKeyCreateRequest(_StrictWire):
+    name: str
+    budget_usd: float | None = None
+    rpm: int | None = None
+    audio_seconds_per_minute: int | None = None
+    characters_per_minute: int | None = None
+    max_concurrency: int | None = None
+    models: list[str] | None = None
+    expires_at: int | str | None = Field(default=None, description="ISO 8601 or Unix seconds")
+
+
+class ApiKeyUpdateRequest(_StrictWire):
+    """Only the fields sent change; null clears a budget, limit, allowlist or expiry."""
+
+    name: str | None = None
+    budget_usd: float | None = None
+    rpm: int | None = None
+    audio_seconds_per_minute: int | None = None
+    characters_per_minute: int | None = None
+    max_concurrency: int | None = None
+    models: list[str] | None = None
+    expires_at: int | str | None = Field(default=None, description="ISO 8601 or Unix seconds")
+
+
+class ApiKeyLimits(BaseModel):
+    rpm: int | None
+    audio_seconds_per_minute: int | None
+    characters_per_minute: int | None
+    max_concurrency: int | None
+
+
+class ApiKeyObject(BaseModel):
+    """A stored key as the admin API shows it: never its secret, only a redacted form."""
+
+    object: Literal["api_key"] = "api_key"
+    id: str
+    name: str
+    redacted_value: str
+    created_at: int
+    expires_at: int | None
+    revoked: bool
+    revoked_at: int | None
+    models: list[str] | None
+    budget_usd: float | None
+    spent_usd: float
+    reserved_usd: float
+    remaining_usd: float | None
+    limits: ApiKeyLimits
+
+
+class ApiKeyCreated(ApiKeyObject):
+    key: str = Field(description="The secret. Shown in this response only; store it now.")
+
+
+class ApiKeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ApiKeyObject]
+
+
+# --- usage and costs (OpenAI's organization usage API) --------------------------------------
+# GET /v1/organization/usage/{audio_transcriptions,audio_translations,audio_speeches} and
+# GET /v1/organization/costs. Projects and users do not exist in voxgate: ``project_id`` and
+# ``user_id`` are always null. A field the request did not group by is null too.
+
+
+class AudioTranscriptionsUsageResult(BaseModel):
+    """Transcriptions *and* translations: OpenAI reports both under audio_transcriptions."""
+
+    object: Literal["organization.usage.audio_transcriptions.result"] = (
+        "organization.usage.audio_transcriptions.result"
+    )
+    seconds: float
+    num_model_requests: int
+    project_id: None = None
+    user_id: None = None
+    api_key_id: str | None = None
+    model: str | None = None
+
+
+class AudioTranslationsUsageResult(BaseModel):
+    """Translations only: a voxgate extension (OpenAI has no audio_translations usage)."""
+
+    object: Literal["organization.usage.audio_translations.result"] = (
+        "organization.usage.audio_translations.result"
+    )
+    seconds: float
+    num_model_requests: int
+    project_id: None = None
+    user_id: None = None
+    api_key_id: str | None = None
+    model: str | None = None
+
+
+class AudioSpeechesUsageResult(BaseModel):
+    object: Literal["organization.usage.audio_speeches.result"] = (
+        "organization.usage.audio_speeches.result"
+    )
+    characters: int
+    num_model_requests: int
+    project_id: None = None
+    user_id: None = None
+    api_key_id: str | None = None
+    model: str | None = None
+
+
+class CostAmount(BaseModel):
+    value: float
+    currency: Literal["usd"] = "usd"
+
+
+class CostsResult(BaseModel):
+    """``model`` is a voxgate extension: OpenAI groups costs by project, line item and key."""
+
+    object: Literal["organization.costs.result"] = "organization.costs.result"
+    amount: CostAmount
+    line_item: str | None = None
+    project_id: None = None
+    api_key_id: str | None = None
+    model: str | None = None
+
+
+UsageResult = (
+    AudioTranscriptionsUsageResult
+    | AudioTranslationsUsageResult
+    | AudioSpeechesUsageResult
+    | CostsResult
+)
+
+
+class UsageBucket(BaseModel):
+    """``[start_time, end_time)``; ``results`` is empty when nothing billable happened in it."""
+
+    object: Literal["bucket"] = "bucket"
+    start_time: int
+    end_time: int
+    results: list[UsageResult]
+
+
+class UsagePage(BaseModel):
+    object: Literal["page"] = "page"
+    data: list[UsageBucket]
+    has_more: bool
+    next_page: str | None

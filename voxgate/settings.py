@@ -9,6 +9,7 @@ configuration table is written from it.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -38,10 +39,26 @@ class Settings(BaseSettings):
     """Port `voxgate serve` listens on."""
 
     data_dir: Path = Field(default_factory=default_data_dir)
-    """Where assembled models (and later the database) live. Must be writable."""
+    """Where assembled models and the default SQLite database live. Must be writable."""
 
     api_keys: Annotated[list[str], NoDecode] = []
-    """Comma-separated bearer keys accepted on /v1/*. Empty: no auth (a warning is logged)."""
+    """Comma-separated bootstrap bearer keys: unlimited, never expire. With neither these nor any
+    key in the database, /v1/* is open (a warning is logged)."""
+
+    admin_key: str | None = None
+    """Bearer key for /admin/* and the organization usage and costs API. Unset: those are off."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL of the key and usage database. Unset: SQLite at `DATA_DIR/voxgate.db`.
+    `postgresql://user@host/db` (psycopg) for several replicas."""
+
+    redis_url: str | None = None
+    """`redis://host:6379/0` keeps rate and concurrency counters in Redis, shared by every
+    replica. Unset: counters live in this process's memory."""
+
+    instance_id: str | None = None
+    """This replica's name in the usage ledger (default `hostname:port`). A restarted replica
+    settles the requests its previous run left open, so give each replica a stable name."""
 
     catalog_file: Path | None = None
     """A TOML model catalog that replaces the one shipped with voxgate."""
@@ -85,6 +102,14 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'voxgate.db'}"
+
+    @property
+    def instance(self) -> str:
+        return self.instance_id or f"{socket.gethostname()}:{self.port}"
 
     @classmethod
     def settings_customise_sources(

@@ -1,40 +1,32 @@
-"""How a request gets what it needs: the services, and an authenticated caller."""
+"""What a handler may ask for: the services, the caller, and the request's metering ticket.
+
+Authentication and admission happen in ``api/gateway.py`` before any handler runs; these only
+hand over what it found.
+"""
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
-from voxgate.errors import AuthenticationFailed
-from voxgate.services.container import Services, api_key_digest
+from voxgate.services.container import Services
+from voxgate.services.keys import Caller
+from voxgate.services.metering import Ticket
 
 
 def get_services(request: Request) -> Services:
     return cast(Services, request.app.state.services)
 
 
+def get_caller(request: Request) -> Caller:
+    return cast(Caller, request.state.caller)
+
+
+def get_ticket(request: Request) -> Ticket:
+    return cast(Ticket, request.state.ticket)
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
-
-
-async def require_api_key(request: Request, services: ServicesDep) -> None:
-    """Accept ``Authorization: Bearer <key>`` if it matches a configured key.
-
-    Keys are compared as SHA-256 digests with ``hmac.compare_digest`` against every configured
-    key (no early exit), so timing reveals neither which key nor how much of it matched.
-    """
-    accepted = services.api_key_digests
-    if not accepted:
-        return
-    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
-        raise AuthenticationFailed(
-            "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
-        )
-    presented_digest = api_key_digest(presented.strip())
-    matched = False
-    for digest in accepted:
-        matched |= hmac.compare_digest(presented_digest, digest)
-    if not matched:
-        raise AuthenticationFailed("Incorrect API key provided.")
+CallerDep = Annotated[Caller, Depends(get_caller)]
+TicketDep = Annotated[Ticket, Depends(get_ticket)]

@@ -26,7 +26,23 @@ def request_id(request: Request) -> str:
     return getattr(request.state, "request_id", "")
 
 
-def error_response(
+def error_response(request: Request, exc: VoxgateError) -> JSONResponse:
+    """The envelope for ``exc``. ``x-should-retry`` tells the official SDKs whether retrying can
+    help, so they do not retry a spent budget or a request too big for any limit."""
+    response = _envelope(
+        request,
+        exc.status_code,
+        exc.message,
+        type=exc.type,
+        param=exc.param,
+        code=exc.code,
+        retry_after_s=exc.retry_after_s,
+    )
+    response.headers["x-should-retry"] = "true" if exc.retryable else "false"
+    return response
+
+
+def _envelope(
     request: Request,
     status_code: int,
     message: str,
@@ -49,15 +65,7 @@ def error_response(
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(VoxgateError)
     async def voxgate_error(request: Request, exc: VoxgateError) -> JSONResponse:
-        return error_response(
-            request,
-            exc.status_code,
-            exc.message,
-            type=exc.type,
-            param=exc.param,
-            code=exc.code,
-            retry_after_s=exc.retry_after_s,
-        )
+        return error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -65,14 +73,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(
+        return _envelope(
             request, exc.status_code, str(exc.detail), code=_HTTP_CODES.get(exc.status_code)
         )
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error (request id %s)", request_id(request))
-        return error_response(
+        return _envelope(
             request,
             500,
             "The server had an error while processing your request.",
@@ -84,7 +92,7 @@ def install_error_handlers(app: FastAPI) -> None:
 def validation_response(request: Request, errors: Sequence[Any]) -> JSONResponse:
     """A pydantic validation failure as a 400 naming the first offending field."""
     first: dict[str, Any] = errors[0] if errors else {"msg": "Invalid request"}
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query")]
     param = location[0] if location else None
     if first.get("type") == "json_invalid" or param is None:
         # Not JSON (the location is a character offset), missing, or not an object: no field.
@@ -101,4 +109,4 @@ def validation_response(request: Request, errors: Sequence[Any]) -> JSONResponse
     else:
         message = f"Invalid value for '{'.'.join(location)}': {first.get('msg')}."
         code = "invalid_value"
-    return error_response(request, 400, message, param=param, code=code)
+    return _envelope(request, 400, message, param=param, code=code)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from voxgate.api.errors import error_response
 from voxgate.errors import PayloadTooLarge
 
 UPLOAD_PATHS = ("/v1/audio/transcriptions", "/v1/audio/translations")
@@ -51,7 +52,7 @@ class UploadLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(scope, send)
+            await self._reject(scope, receive, send)
             return
         received = 0
 
@@ -71,19 +72,7 @@ class UploadLimitMiddleware:
             f"Maximum content size limit ({self.max_bytes}) exceeded. Split or compress the audio."
         )
 
-    async def _reject(self, scope: Scope, send: Send) -> None:
-        request_id = scope.get("state", {}).get("request_id", "")
-        body = json.dumps(
-            {
-                "error": {
-                    "message": f"{self._message()} (request id: {request_id})",
-                    "type": "invalid_request_error",
-                    "param": "file",
-                    "code": PayloadTooLarge.code,
-                }
-            }
-        ).encode()
-        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(Request(scope), PayloadTooLarge(self._message(), param="file"))
+        response.headers["connection"] = "close"
+        await response(scope, receive, send)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 
 from voxgate import schemas
-from voxgate.api.deps import ServicesDep, require_api_key
+from voxgate.api.deps import CallerDep, ServicesDep
 from voxgate.catalog import CatalogEntry
+from voxgate.errors import ModelNotFound
+from voxgate.services.keys import Caller
 
 router = APIRouter()
-authenticated = APIRouter(dependencies=[Depends(require_api_key)])
 
 _OWNER = {"local": "voxgate"}
 
@@ -21,14 +22,25 @@ def _model_object(entry: CatalogEntry) -> schemas.ModelObject:
     return schemas.ModelObject(id=entry.id, created=0, owned_by=_OWNER.get(provider, provider))
 
 
-@authenticated.get("/v1/models")
-async def list_models(services: ServicesDep) -> schemas.ModelList:
-    return schemas.ModelList(data=[_model_object(entry) for entry in services.catalog])
+def _visible(entry: CatalogEntry, caller: Caller) -> bool:
+    """A key with a model allowlist sees only the models it may use."""
+    return caller.key is None or caller.key.allows([entry.id, entry.model.id])
 
 
-@authenticated.get("/v1/models/{model_id}")
-async def get_model(model_id: str, services: ServicesDep) -> schemas.ModelObject:
-    return _model_object(services.catalog.get(model_id))
+@router.get("/v1/models")
+async def list_models(services: ServicesDep, caller: CallerDep) -> schemas.ModelList:
+    entries = [entry for entry in services.catalog if _visible(entry, caller)]
+    return schemas.ModelList(data=[_model_object(entry) for entry in entries])
+
+
+@router.get("/v1/models/{model_id}")
+async def get_model(model_id: str, services: ServicesDep, caller: CallerDep) -> schemas.ModelObject:
+    entry = services.catalog.get(model_id)
+    if not _visible(entry, caller):
+        raise ModelNotFound(
+            f"The model '{model_id}' does not exist or this key may not use it.", param="model"
+        )
+    return _model_object(entry)
 
 
 @router.get("/api/models")

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from voxgate import schemas
-from voxgate.api.deps import ServicesDep
+from voxgate.api.deps import ServicesDep, TicketDep
 from voxgate.audio import media_type
 from voxgate.errors import InvalidRequest
 from voxgate.services.speech import encode_stream, start_speech
@@ -18,16 +18,20 @@ router = APIRouter()
 
 
 @router.post("/v1/audio/speech")
-async def create_speech(body: schemas.SpeechRequest, services: ServicesDep) -> StreamingResponse:
+async def create_speech(
+    body: schemas.SpeechRequest, services: ServicesDep, ticket: TicketDep
+) -> StreamingResponse:
     entry = services.catalog.for_endpoint(body.model, "/v1/audio/speech")
+    ticket.authorize(entry)
     voice = body.voice if isinstance(body.voice, str) else body.voice.id
     chunks = start_speech(services, entry, text=body.input, voice=voice, speed=body.speed)
+    await ticket.reserve(characters=len(body.input))
     # Wait for the first sentence before answering, so any engine error is still a clean
     # JSON error rather than a 200 with a broken body.
     first = await anext(chunks, None)
     if first is None:
         raise InvalidRequest("The input contains nothing that can be spoken.", param="input")
-    audio = encode_stream(chunks, first, body.response_format)
+    audio = encode_stream(chunks, first, body.response_format, ticket)
     headers = {"x-voxgate-model": entry.model.id}
     if body.stream_format == "sse":
         events = _sse_events(audio, characters=len(body.input))

@@ -17,12 +17,14 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
 from voxgate import formats, schemas
-from voxgate.api.deps import ServicesDep
+from voxgate.api.deps import ServicesDep, TicketDep
 from voxgate.api.errors import validation_response
 from voxgate.catalog import Endpoint
 from voxgate.concurrency import ClientDisconnected, cancel_on_disconnect
 from voxgate.errors import InvalidRequest
 from voxgate.providers.base import Segment, Task, Transcription
+from voxgate.services.container import Services
+from voxgate.services.metering import Ticket
 from voxgate.services.transcription import start_transcription
 
 router = APIRouter()
@@ -32,17 +34,21 @@ _MAX_FIELDS = 64
 
 
 @router.post("/v1/audio/transcriptions")
-async def create_transcription(request: Request, services: ServicesDep) -> Response:
-    return await _handle(request, services, "transcribe", "/v1/audio/transcriptions")
+async def create_transcription(
+    request: Request, services: ServicesDep, ticket: TicketDep
+) -> Response:
+    return await _handle(request, services, ticket, "transcribe", "/v1/audio/transcriptions")
 
 
 @router.post("/v1/audio/translations")
-async def create_translation(request: Request, services: ServicesDep) -> Response:
-    return await _handle(request, services, "translate", "/v1/audio/translations")
+async def create_translation(
+    request: Request, services: ServicesDep, ticket: TicketDep
+) -> Response:
+    return await _handle(request, services, ticket, "translate", "/v1/audio/translations")
 
 
 async def _handle(
-    request: Request, services: ServicesDep, task: Task, endpoint: Endpoint
+    request: Request, services: Services, ticket: Ticket, task: Task, endpoint: Endpoint
 ) -> Response:
     async with request.form(max_files=1, max_fields=_MAX_FIELDS) as form:
         upload = form.get("file")
@@ -56,13 +62,13 @@ async def _handle(
                 param="file",
                 code="missing_required_parameter",
             )
-        entry = services.catalog.for_endpoint(options.model, endpoint)
+        ticket.authorize(services.catalog.for_endpoint(options.model, endpoint))
         _check_combinations(options)  # word timestamps imply verbose_json from here on
         words = "word" in options.timestamp_granularities
         logprobs = "logprobs" in options.include
         transcription = await start_transcription(
             services,
-            entry,
+            ticket,
             upload.file,
             task=task,
             language=options.language,
@@ -71,7 +77,7 @@ async def _handle(
             word_timestamps=words or logprobs,
         )
     if options.stream:
-        events = _stream_events(transcription, logprobs=logprobs)
+        events = _stream_events(transcription, ticket, logprobs=logprobs)
         return StreamingResponse(events, media_type="text/event-stream")
     try:
         segments = await cancel_on_disconnect(request.receive, transcription.all_segments())
@@ -124,8 +130,13 @@ def _check_combinations(options: schemas.TranscriptionForm) -> None:
         )
 
 
-async def _stream_events(transcription: Transcription, *, logprobs: bool) -> AsyncIterator[bytes]:
-    """``transcript.text.delta`` as each segment is decoded, then ``transcript.text.done``."""
+async def _stream_events(
+    transcription: Transcription, ticket: Ticket, *, logprobs: bool
+) -> AsyncIterator[bytes]:
+    """``transcript.text.delta`` as each segment is decoded, then ``transcript.text.done``.
+
+    Each segment counts as delivered (for partial billing) once the response has taken it.
+    """
     segments: list[Segment] = []
     async with aclosing(transcription.segments) as stream:
         async for segment in stream:
@@ -135,6 +146,7 @@ async def _stream_events(transcription: Transcription, *, logprobs: bool) -> Asy
                 delta=text, logprobs=formats.logprobs([segment]) if logprobs else None
             )
             yield _sse(delta)
+            ticket.deliver(audio_until_s=segment.end)
     done = schemas.TranscriptTextDone(
         text=formats.transcript_text(segments),
         logprobs=formats.logprobs(segments) if logprobs else None,

@@ -90,10 +90,15 @@ class SpeechJob:
 
 @dataclass(frozen=True)
 class PcmChunk:
-    """Mono signed 16-bit samples at ``sample_rate``."""
+    """Mono signed 16-bit samples at ``sample_rate``.
+
+    ``characters`` is how many input characters start being spoken in this chunk (set on the
+    first chunk of each piece of text), so a stream cut short is billed for what it carried.
+    """
 
     samples: np.ndarray
     sample_rate: int
+    characters: int = 0
 
     @property
     def duration_s(self) -> float:

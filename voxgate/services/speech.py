@@ -9,6 +9,7 @@ from voxgate.catalog import CatalogEntry
 from voxgate.concurrency import run_in_thread
 from voxgate.providers.base import PcmChunk, SpeechJob
 from voxgate.services.container import Services
+from voxgate.services.metering import Ticket
 
 
 def start_speech(
@@ -22,9 +23,15 @@ def start_speech(
 
 
 async def encode_stream(
-    chunks: AsyncGenerator[PcmChunk, None], first: PcmChunk, response_format: SpeechFormat
+    chunks: AsyncGenerator[PcmChunk, None],
+    first: PcmChunk,
+    response_format: SpeechFormat,
+    ticket: Ticket,
 ) -> AsyncIterator[bytes]:
     """Encode ``first`` and then the rest of ``chunks``; every chunk's bytes leave at once.
+
+    Each chunk is recorded on ``ticket`` as delivered once its bytes have been taken by the
+    response, so a client that leaves mid-stream is billed for what it got.
 
     The opening quarter second of ``first`` is encoded and sent on its own: encoding a whole
     first sentence to mp3 takes ~100 ms while the engine synthesises the next one on the same
@@ -36,9 +43,11 @@ async def encode_stream(
         for samples in (first.samples[:opening], first.samples[opening:]):
             if samples.size and (data := await run_in_thread(encoder.encode, samples)):
                 yield data
+        ticket.deliver(characters=first.characters, output_s=first.duration_s)
         async for chunk in chunks:
             if data := await run_in_thread(encoder.encode, chunk.samples):
                 yield data
+            ticket.deliver(characters=chunk.characters, output_s=chunk.duration_s)
         if data := await run_in_thread(encoder.finish):
             yield data
     finally:

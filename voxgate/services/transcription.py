@@ -11,11 +11,12 @@ from voxgate.errors import InvalidRequest
 from voxgate.languages import language_code
 from voxgate.providers.base import Task, Transcription, TranscriptionJob
 from voxgate.services.container import Services
+from voxgate.services.metering import Ticket
 
 
 async def start_transcription(
     services: Services,
-    entry: CatalogEntry,
+    ticket: Ticket,
     source: BinaryIO,
     *,
     task: Task,
@@ -24,7 +25,10 @@ async def start_transcription(
     temperature: float | None = None,
     word_timestamps: bool = False,
 ) -> Transcription:
-    """Decode ``source`` off the event loop and start transcribing it (or translating it)."""
+    """Decode ``source`` off the event loop, reserve its seconds on ``ticket`` (which has
+    authorized the model), and start transcribing it (or translating it)."""
+    entry = ticket.entry
+    assert entry is not None
     code = _check_language(entry, language) if language else None
     audio = await run_in_thread(decode_for_whisper, source)
     job = TranscriptionJob(
@@ -36,6 +40,7 @@ async def start_transcription(
         temperature=temperature,
         word_timestamps=word_timestamps,
     )
+    await ticket.reserve(audio_seconds=job.duration_s)
     return await services.router.transcription_provider(entry).transcribe(job)
 
 

@@ -91,7 +91,7 @@ class EspeakEngine:
             raise EngineFailed(f"espeak-ng has no voice '{job.voice}'")
         rate = min(_MAX_RATE_WPM, max(_MIN_RATE_WPM, round(_BASE_RATE_WPM * job.speed)))
         for piece in split_for_synthesis(job.text):
-            yield PcmChunk(samples=self._say(piece, identifier, rate), sample_rate=self.sample_rate)
+            yield PcmChunk(self._say(piece, identifier, rate), self.sample_rate, len(piece))
 
     def _say(self, text: str, identifier: str, rate: int) -> np.ndarray:
         data = text.encode()

@@ -34,8 +34,10 @@ class PiperEngine:
     def _synthesize(self, job: SpeechJob) -> Iterator[PcmChunk]:
         config = SynthesisConfig(length_scale=self._length_scale / job.speed)
         for piece in split_for_synthesis(job.text):
+            characters = len(piece)
             for chunk in self._voice.synthesize(piece, syn_config=config):
-                yield PcmChunk(samples=chunk.audio_int16_array, sample_rate=chunk.sample_rate)
+                yield PcmChunk(chunk.audio_int16_array, chunk.sample_rate, characters)
+                characters = 0
 
 
 async def load_piper(gate: EngineGate) -> PiperEngine:

@@ -1,17 +1,27 @@
-"""The ``voxgate`` command."""
+"""The ``voxgate`` command: ``serve``, ``migrate``, ``keys …``, ``usage``, ``version``.
+
+The key and usage commands work on the database directly, with the same settings as the server
+(``VOXGATE_DATABASE_URL`` or the default SQLite file), so no server has to run.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Annotated, Any
 
 import typer
 
+from voxgate.cli.keys import keys_app
+from voxgate.cli.usage import usage
 from voxgate.settings import Settings
+from voxgate.storage.db import redacted_url
 
 app = typer.Typer(
     help="voxgate: a self-hostable, OpenAI-compatible audio API.", no_args_is_help=True
 )
+app.add_typer(keys_app, name="keys")
+app.command("usage")(usage)
 
 
 @app.command()
@@ -40,6 +50,24 @@ def serve(
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
     )
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema (the server also does this when it starts)."""
+    from voxgate.storage.db import Database
+
+    settings = Settings()
+
+    async def run() -> None:
+        db = Database(settings.database)
+        try:
+            await db.migrate()
+        finally:
+            await db.close()
+
+    asyncio.run(run())
+    typer.echo(f"database is at the latest schema: {redacted_url(settings.database)}")
 
 
 @app.command()

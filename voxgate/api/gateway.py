@@ -1,0 +1,90 @@
+"""Authentication and metering around every protected request (pure ASGI, streams untouched).
+
+Auth runs before any body is read, so a caller without a valid key gets 401 whatever it sends.
+On the audio endpoints the request is admitted (concurrency slot, requests per minute) before
+its upload is read, the ``x-ratelimit-*`` headers are added to the response, and the request's
+ticket is finished after the last byte was sent, the client left, or the handler failed.
+"""
+
+from __future__ import annotations
+
+import anyio
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from voxgate.api.errors import error_response
+from voxgate.catalog import ENDPOINT_FEATURES, Endpoint
+from voxgate.errors import AuthenticationFailed, PermissionDenied, VoxgateError
+from voxgate.services.container import Services
+from voxgate.services.keys import Caller
+from voxgate.services.metering import Outcome, Ticket
+
+_METERED: dict[str, Endpoint] = {endpoint: endpoint for endpoint in ENDPOINT_FEATURES}
+
+
+class GatewayMiddleware:
+    def __init__(self, app: ASGIApp, services: Services) -> None:
+        self.app = app
+        self.services = services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "").rstrip("/")
+        if scope["type"] != "http" or not path.startswith(("/v1/", "/admin")):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        endpoint = _METERED.get(path)
+        try:
+            caller = await self._authorize(request, path)
+            scope["state"]["caller"] = caller
+            ticket = None
+            if endpoint is not None:
+                request_id = scope["state"]["request_id"]
+                ticket = await self.services.meter.admit(caller, endpoint, request_id)
+        except VoxgateError as exc:
+            response = error_response(request, exc)
+            await response(scope, receive, send)
+            return
+        if ticket is None:
+            await self.app(scope, receive, send)
+        else:
+            scope["state"]["ticket"] = ticket
+            await self._metered(ticket, scope, receive, send)
+
+    async def _authorize(self, request: Request, path: str) -> Caller:
+        auth = self.services.auth
+        caller = await auth.authenticate(request.headers.get("authorization"))
+        if path.startswith("/admin") and not caller.admin:
+            if self.services.settings.admin_key is None:
+                raise PermissionDenied("The admin API is off: set VOXGATE_ADMIN_KEY to use it.")
+            raise AuthenticationFailed("The admin API needs the admin key (VOXGATE_ADMIN_KEY).")
+        if path.startswith("/v1/organization/") and not (caller.admin or caller.key):
+            raise AuthenticationFailed(
+                "Usage and costs need the admin key, or an API key to see its own usage."
+            )
+        return caller
+
+    async def _metered(self, ticket: Ticket, scope: Scope, receive: Receive, send: Send) -> None:
+        status: int | None = None
+        completed = False
+
+        async def send_metered(message: Message) -> None:
+            nonlocal status, completed
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                extra = [(k.encode(), v.encode()) for k, v in ticket.headers().items()]
+                message["headers"] = [*message.get("headers", []), *extra]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                completed = True
+            await send(message)
+
+        outcome: Outcome = "failed"
+        try:
+            await self.app(scope, receive, send_metered)
+            outcome = "completed" if completed else "disconnected"
+        except (ClientDisconnect, OSError):
+            outcome = "disconnected"
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await ticket.finish(status, outcome)

@@ -1,0 +1,252 @@
+"""Metering one request: admission, reservation, delivery, settlement.
+
+A request's ``Ticket`` goes through, in order:
+
+1. ``Meter.admit`` (before the body is read): a concurrency slot and one request from the
+   key's requests-per-minute bucket.
+2. ``Ticket.reserve`` (once the units are known: decoded audio seconds, input characters): the
+   model allowlist, the audio-seconds or characters-per-minute bucket, then the cost held
+   against the key's budget and a pending ledger row.
+3. ``Ticket.deliver`` while a stream is being sent: how much of the work reached the client.
+4. ``Ticket.finish`` (exactly once, after the response ended or failed): the row is settled.
+   A complete 2xx response is billed in full; a client that went away mid-stream is billed
+   for what it received; a failed request costs nothing.
+
+Units come only from what the server itself decoded or was asked to say, never from the
+response format, ``stream`` or an upstream's report, so they cannot be dodged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from voxgate.catalog import CatalogEntry, Endpoint, Pricing
+from voxgate.errors import InsufficientQuota, PermissionDenied
+from voxgate.money import micros_to_usd, usd_to_micros
+from voxgate.services.keys import Caller
+from voxgate.services.limits import Charge, Limiter, RateState
+from voxgate.storage.keys import KeyStore
+from voxgate.storage.usage import Entry, Ledger, Usage
+
+log = logging.getLogger("voxgate.metering")
+
+Outcome = Literal["completed", "disconnected", "failed"]
+HEARTBEAT_S = 10
+STALE_AFTER_S = 60
+
+
+def cost_micros(pricing: Pricing, *, audio_seconds: float = 0.0, characters: int = 0) -> int:
+    """What the catalog charges for these units, rounded to the micro-USD."""
+    if audio_seconds <= 0 and characters <= 0:
+        return 0
+    usd = (
+        (pricing.per_second or 0.0) * audio_seconds
+        + (pricing.input or 0.0) * characters / 1_000_000
+        + (pricing.per_request or 0.0)
+    )
+    return usd_to_micros(usd)
+
+
+@dataclass
+class Ticket:
+    meter: Meter
+    caller: Caller
+    endpoint: Endpoint
+    request_id: str
+    created_at: int = field(default_factory=lambda: int(time.time()))
+    started: float = field(default_factory=time.monotonic)
+    entry: CatalogEntry | None = None
+    rates: list[RateState] = field(default_factory=list)
+    reserved: Usage | None = None
+    delivered_audio_s: float = 0.0
+    delivered_characters: int = 0
+    output_audio_s: float = 0.0
+    slot_held: bool = False
+    finished: bool = False
+
+    def headers(self) -> dict[str, str]:
+        """``x-ratelimit-*`` for every limit this request was charged against."""
+        headers: dict[str, str] = {}
+        for state in self.rates:
+            headers.update(state.headers())
+        return headers
+
+    def authorize(self, entry: CatalogEntry) -> None:
+        """Refuse (403) a model outside the key's allowlist, before any work is done."""
+        self.entry = entry
+        key = self.caller.key
+        if key is not None and not key.allows([entry.id, entry.model.id]):
+            allowed = ", ".join(key.models or ())
+            raise PermissionDenied(
+                f"This API key may not use model '{entry.id}'. Allowed: {allowed}.",
+                param="model",
+                code="model_not_allowed",
+            )
+
+    async def reserve(self, *, audio_seconds: float = 0.0, characters: int = 0) -> None:
+        """Charge the unit rate limit and hold this much work's cost against the budget.
+
+        Raises RateLimited or InsufficientQuota (both 429).
+        """
+        assert self.entry is not None, "authorize() first"
+        entry = self.entry
+        key = self.caller.key
+        limit = None
+        if key is not None and audio_seconds and key.limits.audio_seconds_per_minute:
+            limit = Charge("audio-seconds", key.limits.audio_seconds_per_minute, audio_seconds)
+        elif key is not None and characters and key.limits.characters_per_minute:
+            limit = Charge("characters", key.limits.characters_per_minute, characters)
+        if limit is not None:
+            self.rates += await self.meter.limiter.charge(key.id, [limit])  # type: ignore[union-attr]
+        estimate = Usage(
+            input_audio_ms=round(audio_seconds * 1000),
+            input_characters=characters,
+            cost_micros=cost_micros(
+                entry.pricing, audio_seconds=audio_seconds, characters=characters
+            ),
+        )
+        budgeted = key is not None and not key.bootstrap
+        if not await self.meter.ledger.reserve(self._entry(), estimate, budgeted=budgeted):
+            assert key is not None and key.budget_micros is not None
+            stored = await self.meter.keys.get(key.id)
+            held = stored.spent_micros + stored.reserved_micros if stored else 0
+            raise InsufficientQuota(
+                f"You exceeded your current quota: key {key.id} has a budget of "
+                f"${micros_to_usd(key.budget_micros):.6f}, ${micros_to_usd(held):.6f} is spent "
+                f"or held, and this request costs ${micros_to_usd(estimate.cost_micros):.6f}."
+            )
+        self.reserved = estimate
+
+    def deliver(
+        self, *, audio_until_s: float = 0.0, characters: int = 0, output_s: float = 0.0
+    ) -> None:
+        """Record that the client has been sent the work up to here (for partial billing)."""
+        self.delivered_audio_s = max(self.delivered_audio_s, audio_until_s)
+        self.delivered_characters += characters
+        self.output_audio_s += output_s
+
+    async def finish(self, http_status: int | None, outcome: Outcome) -> None:
+        """Write this request's single ledger row and give back its slot. Idempotent."""
+        if self.finished:
+            return
+        self.finished = True
+        latency_ms = round((time.monotonic() - self.started) * 1000)
+        try:
+            if self.reserved is None:
+                status = "rejected" if http_status in (403, 429) else "failed"
+                if outcome == "completed" and http_status is not None and http_status < 400:
+                    status = "succeeded"  # nothing billable (e.g. an empty result)
+                await self.meter.ledger.record(
+                    self._entry(), status=status, http_status=http_status, latency_ms=latency_ms
+                )
+            else:
+                status, usage = self._final_usage(http_status, outcome)
+                await self.meter.ledger.settle(
+                    self._entry(),
+                    self.reserved.cost_micros,
+                    usage,
+                    status=status,
+                    http_status=http_status,
+                    latency_ms=latency_ms,
+                )
+        except Exception:
+            log.exception("could not write usage for %s; it will be reaped", self.request_id)
+        finally:
+            if self.slot_held and self.caller.key is not None:
+                await self.meter.limiter.release_slot(self.caller.key.id, self.request_id)
+
+    def _final_usage(self, http_status: int | None, outcome: Outcome) -> tuple[str, Usage]:
+        assert self.reserved is not None and self.entry is not None
+        ok = http_status is not None and http_status < 400
+        output_ms = round(self.output_audio_s * 1000)
+        if ok and outcome == "completed":
+            return "succeeded", Usage(
+                input_audio_ms=self.reserved.input_audio_ms,
+                input_characters=self.reserved.input_characters,
+                output_audio_ms=output_ms,
+                cost_micros=self.reserved.cost_micros,
+            )
+        if (ok or http_status == 499) and outcome != "failed":
+            # The client left: bill what it was sent, never more than was reserved.
+            audio_s = min(self.delivered_audio_s, self.reserved.input_audio_ms / 1000)
+            characters = min(self.delivered_characters, self.reserved.input_characters)
+            cost = cost_micros(self.entry.pricing, audio_seconds=audio_s, characters=characters)
+            return "cancelled", Usage(
+                input_audio_ms=round(audio_s * 1000),
+                input_characters=characters,
+                output_audio_ms=output_ms,
+                cost_micros=min(cost, self.reserved.cost_micros),
+            )
+        return "failed", Usage()
+
+    def _entry(self) -> Entry:
+        return Entry(
+            request_id=self.request_id,
+            api_key_id=self.caller.key_id,
+            endpoint=self.endpoint,
+            model=self.entry.id if self.entry else "",
+            instance_id=self.meter.ledger.instance_id,
+            created_at=self.created_at,
+        )
+
+
+class Meter:
+    """Admits requests and keeps this replica's part of the ledger alive."""
+
+    def __init__(self, ledger: Ledger, limiter: Limiter, keys: KeyStore) -> None:
+        self.ledger = ledger
+        self.limiter = limiter
+        self.keys = keys
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def admit(self, caller: Caller, endpoint: Endpoint, request_id: str) -> Ticket:
+        """Take a concurrency slot and a request from the key's per-minute bucket.
+
+        Raises RateLimited (429), after recording the refusal in the ledger.
+        """
+        ticket = Ticket(self, caller, endpoint, request_id)
+        key = caller.key
+        if key is None:
+            return ticket
+        try:
+            if key.limits.max_concurrency:
+                await self.limiter.acquire_slot(key.id, request_id, key.limits.max_concurrency)
+                ticket.slot_held = True
+            if key.limits.rpm:
+                ticket.rates += await self.limiter.charge(
+                    key.id, [Charge("requests", key.limits.rpm, 1)]
+                )
+        except Exception:
+            await ticket.finish(429, "failed")
+            raise
+        return ticket
+
+    async def start(self) -> None:
+        """Settle what our previous run left pending, then beat and reap every HEARTBEAT_S."""
+        await self.ledger.heartbeat()
+        reaped = await self.ledger.reap(own=True)
+        if reaped:
+            log.warning("settled %d request(s) interrupted by this replica's last stop", reaped)
+        self._heartbeat = asyncio.create_task(self._beat())
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            try:
+                await self.ledger.heartbeat()
+                if reaped := await self.ledger.reap(stale_after_s=STALE_AFTER_S):
+                    log.warning("settled %d request(s) of replicas that stopped", reaped)
+            except Exception:
+                log.exception("ledger heartbeat failed")
+
+    async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        await self.limiter.close()

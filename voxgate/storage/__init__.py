@@ -1,0 +1,1 @@
+"""Persistence: the key and usage database (SQLAlchemy + Alembic) and the Redis counters."""

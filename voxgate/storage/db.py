@@ -1,0 +1,88 @@
+"""The database connection: one async engine per process, migrated to head before first use.
+
+``sqlite:///…`` runs on aiosqlite in WAL mode with a busy timeout, so one replica's readers never
+wait for its writers; ``postgresql://…`` runs on psycopg 3 (async and sync from one driver).
+"""
+
+from __future__ import annotations
+
+import fcntl
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from voxgate.concurrency import run_in_thread
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+_MIGRATION_LOCK_ID = 0x766F78  # PostgreSQL advisory lock held while a replica migrates
+
+
+def driver_urls(url: str) -> tuple[URL, URL]:
+    """The (async, sync) SQLAlchemy URLs for a user-facing database URL."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        pg = parsed.set(drivername="postgresql+psycopg")
+        return pg, pg
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite"), parsed.set(drivername="sqlite")
+    raise ValueError(f"unsupported database URL {parsed!r}: use sqlite:/// or postgresql://")
+
+
+def redacted_url(url: str) -> str:
+    """The URL with any password hidden, for logs and messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.async_url, self.sync_url = driver_urls(url)
+        self.is_sqlite = self.async_url.get_backend_name() == "sqlite"
+        if self.is_sqlite and self.async_url.database:
+            Path(self.async_url.database).parent.mkdir(parents=True, exist_ok=True)
+        options: dict[str, Any] = {"pool_pre_ping": not self.is_sqlite}
+        if self.is_sqlite:
+            options["connect_args"] = {"timeout": 30}
+        self.engine: AsyncEngine = create_async_engine(self.async_url, **options)
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    async def migrate(self) -> None:
+        """Bring the schema to head. Safe when several replicas start at once."""
+        await run_in_thread(migrate_to_head, self.sync_url)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def migrate_to_head(sync_url: URL) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    engine = create_engine(sync_url)
+    try:
+        with ExitStack() as stack:
+            if sync_url.get_backend_name() == "sqlite":
+                lock = stack.enter_context(open(f"{sync_url.database}.migrate.lock", "w"))
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            connection = stack.enter_context(engine.begin())
+            if sync_url.get_backend_name() == "postgresql":
+                connection.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})"))
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    finally:
+        engine.dispose()
