@@ -275,44 +275,37 @@ class ApiKeyList(BaseModel):
 # ``user_id`` are always null. A field the request did not group by is null too.
 
 
-class AudioTranscriptionsUsageResult(BaseModel):
+class _UsageResult(BaseModel):
+    num_model_requests: int
+    project_id: None = None
+    user_id: None = None
+    api_key_id: str | None = None
+    model: str | None = None
+
+
+class AudioTranscriptionsUsageResult(_UsageResult):
     """Transcriptions *and* translations: OpenAI reports both under audio_transcriptions."""
 
     object: Literal["organization.usage.audio_transcriptions.result"] = (
         "organization.usage.audio_transcriptions.result"
     )
     seconds: float
-    num_model_requests: int
-    project_id: None = None
-    user_id: None = None
-    api_key_id: str | None = None
-    model: str | None = None
 
 
-class AudioTranslationsUsageResult(BaseModel):
+class AudioTranslationsUsageResult(_UsageResult):
     """Translations only: a voxgate extension (OpenAI has no audio_translations usage)."""
 
     object: Literal["organization.usage.audio_translations.result"] = (
         "organization.usage.audio_translations.result"
     )
     seconds: float
-    num_model_requests: int
-    project_id: None = None
-    user_id: None = None
-    api_key_id: str | None = None
-    model: str | None = None
 
 
-class AudioSpeechesUsageResult(BaseModel):
+class AudioSpeechesUsageResult(_UsageResult):
     object: Literal["organization.usage.audio_speeches.result"] = (
         "organization.usage.audio_speeches.result"
     )
     characters: int
-    num_model_requests: int
-    project_id: None = None
-    user_id: None = None
-    api_key_id: str | None = None
-    model: str | None = None
 
 
 class CostAmount(BaseModel):

@@ -24,7 +24,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
@@ -239,19 +239,60 @@ def _key_filter(caller: Caller, requested: list[str]) -> list[str]:
     return [caller.key.id]
 
 
+@dataclass(frozen=True)
+class Report:
+    """What one usage or costs endpoint sums, how it may be grouped, and how a result looks."""
+
+    endpoints: Sequence[str]  # empty: every metered endpoint
+    groups: Sequence[str]
+    limits: dict[str, tuple[int, int]]
+    result: Callable[[Aggregate], schemas.UsageResult]
+
+
+def _shared(aggregate: Aggregate) -> dict[str, Any]:
+    return {"api_key_id": aggregate.api_key_id, "model": aggregate.model}
+
+
+def _usage(aggregate: Aggregate) -> dict[str, Any]:
+    return {"num_model_requests": aggregate.num_model_requests, **_shared(aggregate)}
+
+
+TRANSCRIPTIONS = Report(
+    TRANSCRIPTION_ENDPOINTS,
+    _USAGE_GROUPS,
+    USAGE_LIMITS,
+    lambda a: schemas.AudioTranscriptionsUsageResult(seconds=a.seconds, **_usage(a)),
+)
+TRANSLATIONS = Report(
+    ("/v1/audio/translations",),
+    _USAGE_GROUPS,
+    USAGE_LIMITS,
+    lambda a: schemas.AudioTranslationsUsageResult(seconds=a.seconds, **_usage(a)),
+)
+SPEECHES = Report(
+    SPEECH_ENDPOINTS,
+    _USAGE_GROUPS,
+    USAGE_LIMITS,
+    lambda a: schemas.AudioSpeechesUsageResult(characters=a.input_characters, **_usage(a)),
+)
+COSTS = Report(
+    (),
+    _COSTS_GROUPS,
+    COSTS_LIMITS,
+    lambda a: schemas.CostsResult(
+        amount=schemas.CostAmount(value=micros_to_usd(a.cost_micros)),
+        line_item=LINE_ITEMS.get(a.endpoint or ""),
+        **_shared(a),
+    ),
+)
+
+
 async def _page(
-    services: Services,
-    caller: Caller,
-    params: UsageParams,
-    *,
-    endpoints: Sequence[str],
-    allowed_groups: Sequence[str],
-    limits: dict[str, tuple[int, int]],
-    result: Callable[[Aggregate], schemas.UsageResult],
+    services: Services, caller: Caller, params: UsageParams, report: Report
 ) -> schemas.UsagePage:
     """Validate, sum one page of buckets in the database, and lay it out as OpenAI does."""
-    window = _window(params, limits)
-    groups = _groups(params, allowed_groups)
+    window = _window(params, report.limits)
+    groups = _groups(params, report.groups)
     api_key_ids = _key_filter(caller, params.api_key_ids)
     group_fields = [_GROUP_FIELDS[name] for name in groups if name in _GROUP_FIELDS]
     page_start, _ = window.bucket_bounds(window.first)
@@ -261,7 +302,7 @@ async def _page(
             start_time=page_start,
             end_time=page_end,
             bucket_width_s=window.width_s,
-            endpoints=endpoints,
+            endpoints=report.endpoints,
             api_key_ids=api_key_ids,
             models=params.models,
             group_by=group_fields,
@@ -269,7 +310,7 @@ async def _page(
     )
     by_bucket: dict[int, list[schemas.UsageResult]] = {}
     for aggregate in aggregates:
-        by_bucket.setdefault(window.first + aggregate.bucket, []).append(result(aggregate))
+        by_bucket.setdefault(window.first + aggregate.bucket, []).append(report.result(aggregate))
     buckets = []
     for index in range(window.first, window.stop):
         bucket_start, bucket_end = window.bucket_bounds(index)
@@ -282,56 +323,12 @@ async def _page(
     return schemas.UsagePage(data=buckets, has_more=next_page is not None, next_page=next_page)
 
 
-def _transcriptions(aggregate: Aggregate) -> schemas.UsageResult:
-    return schemas.AudioTranscriptionsUsageResult(
-        seconds=aggregate.seconds,
-        num_model_requests=aggregate.num_model_requests,
-        api_key_id=aggregate.api_key_id,
-        model=aggregate.model,
-    )
-
-
-def _translations(aggregate: Aggregate) -> schemas.UsageResult:
-    return schemas.AudioTranslationsUsageResult(
-        seconds=aggregate.seconds,
-        num_model_requests=aggregate.num_model_requests,
-        api_key_id=aggregate.api_key_id,
-        model=aggregate.model,
-    )
-
-
-def _speeches(aggregate: Aggregate) -> schemas.UsageResult:
-    return schemas.AudioSpeechesUsageResult(
-        characters=aggregate.input_characters,
-        num_model_requests=aggregate.num_model_requests,
-        api_key_id=aggregate.api_key_id,
-        model=aggregate.model,
-    )
-
-
-def _costs(aggregate: Aggregate) -> schemas.UsageResult:
-    return schemas.CostsResult(
-        amount=schemas.CostAmount(value=micros_to_usd(aggregate.cost_micros)),
-        line_item=LINE_ITEMS.get(aggregate.endpoint or ""),
-        api_key_id=aggregate.api_key_id,
-        model=aggregate.model,
-    )
-
-
 @router.get("/v1/organization/usage/audio_transcriptions")
 async def audio_transcriptions(
     services: ServicesDep, caller: CallerDep, params: UsageParamsDep
 ) -> schemas.UsagePage:
     """Seconds of audio transcribed or translated: OpenAI counts translations here too."""
-    return await _page(
-        services,
-        caller,
-        params,
-        endpoints=TRANSCRIPTION_ENDPOINTS,
-        allowed_groups=_USAGE_GROUPS,
-        limits=USAGE_LIMITS,
-        result=_transcriptions,
-    )
+    return await _page(services, caller, params, TRANSCRIPTIONS)
 
 
 @router.get("/v1/organization/usage/audio_translations")
@@ -339,15 +336,7 @@ async def audio_translations(
     services: ServicesDep, caller: CallerDep, params: UsageParamsDep
 ) -> schemas.UsagePage:
     """Seconds of audio translated to English (a voxgate extension)."""
-    return await _page(
-        services,
-        caller,
-        params,
-        endpoints=("/v1/audio/translations",),
-        allowed_groups=_USAGE_GROUPS,
-        limits=USAGE_LIMITS,
-        result=_translations,
-    )
+    return await _page(services, caller, params, TRANSLATIONS)
 
 
 @router.get("/v1/organization/usage/audio_speeches")
@@ -355,15 +344,7 @@ async def audio_speeches(
     services: ServicesDep, caller: CallerDep, params: UsageParamsDep
 ) -> schemas.UsagePage:
     """Characters of text spoken."""
-    return await _page(
-        services,
-        caller,
-        params,
-        endpoints=SPEECH_ENDPOINTS,
-        allowed_groups=_USAGE_GROUPS,
-        limits=USAGE_LIMITS,
-        result=_speeches,
-    )
+    return await _page(services, caller, params, SPEECHES)
 
 
 @router.get("/v1/organization/costs")
@@ -371,12 +352,4 @@ async def costs(
     services: ServicesDep, caller: CallerDep, params: UsageParamsDep
 ) -> schemas.UsagePage:
     """What the billable requests cost, in USD, from the catalog prices they were charged."""
-    return await _page(
-        services,
-        caller,
-        params,
-        endpoints=(),
-        allowed_groups=_COSTS_GROUPS,
-        limits=COSTS_LIMITS,
-        result=_costs,
-    )
+    return await _page(services, caller, params, COSTS)

@@ -101,16 +101,6 @@ class ApiKey:
         }
 
 
-def bootstrap_key(secret: str) -> ApiKey:
-    return ApiKey(
-        id=f"key_env_{secret_digest(secret)[:12]}",
-        name="bootstrap (VOXGATE_API_KEYS)",
-        redacted=redact(secret),
-        created_at=0,
-        bootstrap=True,
-    )
-
-
 def _to_key(row: ApiKeyRow) -> ApiKey:
     return ApiKey(
         id=row.id,
