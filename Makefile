@@ -11,6 +11,7 @@ serve: $(VENV)/.installed-serve
 	$(BIN)/voxgate serve
 
 test: $(VENV)/.installed-test
+	scripts/ensure-services.sh
 	$(BIN)/ruff check voxgate tests bench
 	$(BIN)/ruff format --check voxgate tests bench
 	$(BIN)/mypy
