@@ -12,7 +12,8 @@
     ├── RateLimited             429 requests / rate_limit_exceeded        (retryable)
     ├── InsufficientQuota       429 insufficient_quota / insufficient_quota (do not retry)
     ├── Overloaded              503 server_error / server_overloaded      (retryable)
-    └── EngineFailed            500 server_error / engine_error           (retryable)
+    ├── EngineFailed            500 server_error / engine_error           (retryable)
+    └── InternalError           500 server_error / internal_error         (retryable)
 
 Providers and services raise these; ``api/errors.py`` alone renders them into OpenAI's envelope
 ``{"error": {"message", "type", "param", "code"}}``. ``retryable`` is what clients (and later the
@@ -108,4 +109,13 @@ class EngineFailed(VoxgateError):
     status_code = 500
     type = "server_error"
     code = "engine_error"
+    retryable = True
+
+
+class InternalError(VoxgateError):
+    """Anything unexpected: a bug, or a dependency (database, Redis) that failed."""
+
+    status_code = 500
+    type = "server_error"
+    code = "internal_error"
     retryable = True

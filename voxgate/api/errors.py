@@ -5,7 +5,6 @@ This is the only place that writes ``{"error": {"message", "type", "param", "cod
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,8 +15,6 @@ from starlette.exceptions import HTTPException
 
 from voxgate.errors import VoxgateError
 from voxgate.schemas import ErrorDetail, ErrorEnvelope
-
-log = logging.getLogger("voxgate.api")
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "invalid_request"}
 
@@ -75,17 +72,6 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return _envelope(
             request, exc.status_code, str(exc.detail), code=_HTTP_CODES.get(exc.status_code)
-        )
-
-    @app.exception_handler(Exception)
-    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error (request id %s)", request_id(request))
-        return _envelope(
-            request,
-            500,
-            "The server had an error while processing your request.",
-            type="server_error",
-            code="internal_error",
         )
 
 

@@ -76,6 +76,9 @@ class GatewayMiddleware:
                 message["headers"] = [*message.get("headers", []), *extra]
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 completed = True
+                # Free the slot before the client sees the end, or its next request on the
+                # same connection can arrive while the slot still looks taken.
+                await ticket.release_slot()
             await send(message)
 
         outcome: Outcome = "failed"
@@ -84,6 +87,9 @@ class GatewayMiddleware:
             outcome = "completed" if completed else "disconnected"
         except (ClientDisconnect, OSError):
             outcome = "disconnected"
+            raise
+        except Exception:
+            status = status or 500  # answered by RequestIdMiddleware
             raise
         finally:
             with anyio.CancelScope(shield=True):

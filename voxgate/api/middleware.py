@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from voxgate.api.errors import error_response
-from voxgate.errors import PayloadTooLarge
+from voxgate.errors import InternalError, PayloadTooLarge
+
+log = logging.getLogger("voxgate.api")
 
 UPLOAD_PATHS = ("/v1/audio/transcriptions", "/v1/audio/translations")
 
 
 class RequestIdMiddleware:
-    """Give every request an id (``x-request-id`` on every response, in every error message)."""
+    """Give every request an id (``x-request-id`` on every response, in every error message).
+
+    Being outermost, it also answers anything unexpected that escaped the handlers with a 500
+    envelope that still carries the id (unless the response had already begun).
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -26,13 +33,27 @@ class RequestIdMiddleware:
         request_id = f"req_{uuid.uuid4().hex}"
         scope.setdefault("state", {})["request_id"] = request_id
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            if started:
+                raise
+        except Exception:
+            if started:
+                raise
+            log.exception("unhandled error (request id %s)", request_id)
+            error = InternalError("The server had an error while processing your request.")
+            await error_response(Request(scope), error)(scope, receive, send_with_id)
 
 
 class UploadLimitMiddleware:

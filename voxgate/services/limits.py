@@ -2,13 +2,13 @@
 
 Rates (requests, audio seconds, characters per minute) are leaky buckets that drain
 continuously: a bucket holds what was used, drains at ``limit / 60`` per second, and a request
-fits if its cost fits in what is left. Several buckets are checked and charged together, all or
-nothing, so a request refused for one limit uses up none of the others. A refusal says when the
+fits if its cost fits in what is left. The buckets of one ``charge`` call are checked and charged
+together, all or nothing. A refusal says when the
 request would fit (``Retry-After``); a request bigger than a whole minute's limit never fits and
 is refused without one.
 
 Concurrency is a set of leased slots per key; leases are renewed while requests run, so a
-replica that dies frees its slots within ``SLOT_LEASE_S``.
+replica that dies frees its slots within ``SLOT_LEASE_S``, or at once when it restarts.
 """
 
 from __future__ import annotations
@@ -69,8 +69,9 @@ def go_duration(seconds: float) -> str:
     """OpenAI's reset format: ``24ms``, ``1.2s``, ``6m0s``."""
     if seconds < 1:
         return f"{math.ceil(seconds * 1000)}ms"
-    if seconds < 60:
-        return f"{math.ceil(seconds * 10) / 10:g}s"
+    tenths = math.ceil(seconds * 10) / 10
+    if tenths < 60:
+        return f"{tenths:g}s"
     minutes, rest = divmod(math.ceil(seconds), 60)
     return f"{minutes}m{rest}s"
 

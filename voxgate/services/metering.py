@@ -4,13 +4,14 @@ A request's ``Ticket`` goes through, in order:
 
 1. ``Meter.admit`` (before the body is read): a concurrency slot and one request from the
    key's requests-per-minute bucket.
-2. ``Ticket.reserve`` (once the units are known: decoded audio seconds, input characters): the
-   model allowlist, the audio-seconds or characters-per-minute bucket, then the cost held
-   against the key's budget and a pending ledger row.
-3. ``Ticket.deliver`` while a stream is being sent: how much of the work reached the client.
-4. ``Ticket.finish`` (exactly once, after the response ended or failed): the row is settled.
+2. ``Ticket.authorize``: the model must be on the key's allowlist (403 otherwise).
+3. ``Ticket.reserve`` (once the units are known: decoded audio seconds, input characters): the
+   cost held against the key's budget with a pending ledger row, then the audio-seconds or
+   characters-per-minute bucket.
+4. ``Ticket.deliver`` while a stream is being sent: how much of the work reached the client.
+5. ``Ticket.finish`` (exactly once, after the response ended or failed): the row is settled.
    A complete 2xx response is billed in full; a client that went away mid-stream is billed
-   for what it received; a failed request costs nothing.
+   for what it received; a failed or refused request costs nothing.
 
 Units come only from what the server itself decoded or was asked to say, never from the
 response format, ``stream`` or an upstream's report, so they cannot be dodged.
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from voxgate.catalog import CatalogEntry, Endpoint, Pricing
-from voxgate.errors import InsufficientQuota, PermissionDenied
+from voxgate.errors import InsufficientQuota, PermissionDenied, VoxgateError
 from voxgate.money import micros_to_usd, usd_to_micros
 from voxgate.services.keys import Caller
 from voxgate.services.limits import Charge, Limiter, RateState
@@ -36,6 +37,7 @@ from voxgate.storage.usage import Entry, Ledger, Usage
 log = logging.getLogger("voxgate.metering")
 
 Outcome = Literal["completed", "disconnected", "failed"]
+_REFUSALS = (403, 429)  # statuses recorded as "rejected": refused by policy, not failed
 HEARTBEAT_S = 10
 STALE_AFTER_S = 60
 
@@ -89,29 +91,22 @@ class Ticket:
             )
 
     async def reserve(self, *, audio_seconds: float = 0.0, characters: int = 0) -> None:
-        """Charge the unit rate limit and hold this much work's cost against the budget.
+        """Hold this much work's cost against the budget, then charge the unit rate limit.
 
-        Raises RateLimited or InsufficientQuota (both 429).
+        Raises InsufficientQuota or RateLimited (both 429). The budget comes first so that a
+        request it refuses uses up none of the key's per-minute allowance; a request the rate
+        limit refuses has its reservation released when the ticket finishes.
         """
         assert self.entry is not None, "authorize() first"
-        entry = self.entry
         key = self.caller.key
-        limit = None
-        if key is not None and audio_seconds and key.limits.audio_seconds_per_minute:
-            limit = Charge("audio-seconds", key.limits.audio_seconds_per_minute, audio_seconds)
-        elif key is not None and characters and key.limits.characters_per_minute:
-            limit = Charge("characters", key.limits.characters_per_minute, characters)
-        if limit is not None:
-            self.rates += await self.meter.limiter.charge(key.id, [limit])  # type: ignore[union-attr]
         estimate = Usage(
             input_audio_ms=round(audio_seconds * 1000),
             input_characters=characters,
             cost_micros=cost_micros(
-                entry.pricing, audio_seconds=audio_seconds, characters=characters
+                self.entry.pricing, audio_seconds=audio_seconds, characters=characters
             ),
         )
-        budgeted = key is not None and not key.bootstrap
-        if not await self.meter.ledger.reserve(self._entry(), estimate, budgeted=budgeted):
+        if not await self.meter.ledger.reserve(self._entry(), estimate):
             assert key is not None and key.budget_micros is not None
             stored = await self.meter.keys.get(key.id)
             held = stored.spent_micros + stored.reserved_micros if stored else 0
@@ -121,6 +116,15 @@ class Ticket:
                 f"or held, and this request costs ${micros_to_usd(estimate.cost_micros):.6f}."
             )
         self.reserved = estimate
+        if key is None:
+            return
+        if audio_seconds and key.limits.audio_seconds_per_minute:
+            limit = Charge("audio-seconds", key.limits.audio_seconds_per_minute, audio_seconds)
+        elif characters and key.limits.characters_per_minute:
+            limit = Charge("characters", key.limits.characters_per_minute, characters)
+        else:
+            return
+        self.rates += await self.meter.limiter.charge(key.id, [limit])
 
     def deliver(
         self, *, audio_until_s: float = 0.0, characters: int = 0, output_s: float = 0.0
@@ -138,7 +142,7 @@ class Ticket:
         latency_ms = round((time.monotonic() - self.started) * 1000)
         try:
             if self.reserved is None:
-                status = "rejected" if http_status in (403, 429) else "failed"
+                status = "rejected" if http_status in _REFUSALS else "failed"
                 if outcome == "completed" and http_status is not None and http_status < 400:
                     status = "succeeded"  # nothing billable (e.g. an empty result)
                 await self.meter.ledger.record(
@@ -157,8 +161,13 @@ class Ticket:
         except Exception:
             log.exception("could not write usage for %s; it will be reaped", self.request_id)
         finally:
-            if self.slot_held and self.caller.key is not None:
-                await self.meter.limiter.release_slot(self.caller.key.id, self.request_id)
+            await self.release_slot()
+
+    async def release_slot(self) -> None:
+        """Give back the concurrency slot (once; the lease would expire anyway)."""
+        if self.slot_held and self.caller.key is not None:
+            self.slot_held = False
+            await self.meter.limiter.release_slot(self.caller.key.id, self.request_id)
 
     def _final_usage(self, http_status: int | None, outcome: Outcome) -> tuple[str, Usage]:
         assert self.reserved is not None and self.entry is not None
@@ -182,12 +191,13 @@ class Ticket:
                 output_audio_ms=output_ms,
                 cost_micros=min(cost, self.reserved.cost_micros),
             )
-        return "failed", Usage()
+        return ("rejected" if http_status in _REFUSALS else "failed"), Usage()
 
     def _entry(self) -> Entry:
         return Entry(
             request_id=self.request_id,
             api_key_id=self.caller.key_id,
+            budgeted=self.caller.key is not None and not self.caller.key.bootstrap,
             endpoint=self.endpoint,
             model=self.entry.id if self.entry else "",
             instance_id=self.meter.ledger.instance_id,
@@ -221,25 +231,33 @@ class Meter:
                 ticket.rates += await self.limiter.charge(
                     key.id, [Charge("requests", key.limits.rpm, 1)]
                 )
-        except Exception:
-            await ticket.finish(429, "failed")
+        except BaseException as exc:
+            refused = exc.status_code if isinstance(exc, VoxgateError) else 500
+            await ticket.finish(refused, "failed")
             raise
         return ticket
 
     async def start(self) -> None:
         """Settle what our previous run left pending, then beat and reap every HEARTBEAT_S."""
         await self.ledger.heartbeat()
-        reaped = await self.ledger.reap(own=True)
-        if reaped:
+        if reaped := await self._reap(own=True):
             log.warning("settled %d request(s) interrupted by this replica's last stop", reaped)
         self._heartbeat = asyncio.create_task(self._beat())
+
+    async def _reap(self, *, own: bool) -> int:
+        """Settle dead requests and free their concurrency slots now rather than at lease end."""
+        settled = await self.ledger.reap(own=own, stale_after_s=STALE_AFTER_S)
+        for request_id, key_id in settled:
+            if key_id is not None:
+                await self.limiter.release_slot(key_id, request_id)
+        return len(settled)
 
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_S)
             try:
                 await self.ledger.heartbeat()
-                if reaped := await self.ledger.reap(stale_after_s=STALE_AFTER_S):
+                if reaped := await self._reap(own=False):
                     log.warning("settled %d request(s) of replicas that stopped", reaped)
             except Exception:
                 log.exception("ledger heartbeat failed")

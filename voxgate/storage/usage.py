@@ -43,6 +43,9 @@ class Entry:
     model: str
     instance_id: str
     created_at: int
+    budgeted: bool = (
+        False  # the key has a stored row holding its spend (not bootstrap, not anonymous)
+    )
 
 
 class Ledger:
@@ -50,14 +53,14 @@ class Ledger:
         self._db = db
         self.instance_id = instance_id
 
-    async def reserve(self, entry: Entry, estimate: Usage, *, budgeted: bool) -> bool:
+    async def reserve(self, entry: Entry, estimate: Usage) -> bool:
         """Hold ``estimate.cost_micros`` of the key's budget and write a pending row.
 
-        ``budgeted`` is False for keys without a stored row (bootstrap, anonymous): they only
-        get the pending row. Returns False, writing nothing, if the budget cannot cover it.
+        Keys without a stored row (bootstrap, anonymous) only get the pending row. Returns
+        False, writing nothing, if the budget cannot cover the estimate.
         """
         async with self._db.sessions.begin() as session:
-            if budgeted:
+            if entry.budgeted:
                 held = await session.execute(
                     update(ApiKeyRow)
                     .where(ApiKeyRow.id == entry.api_key_id)
@@ -94,7 +97,7 @@ class Ledger:
             return await _settle(
                 session,
                 entry.request_id,
-                entry.api_key_id,
+                entry.api_key_id if entry.budgeted else None,
                 reserved_micros,
                 usage,
                 status=status,
@@ -124,9 +127,11 @@ class Ledger:
             if updated.rowcount == 0:  # type: ignore[attr-defined]
                 session.add(InstanceRow(id=self.instance_id, heartbeat_at=now))
 
-    async def reap(self, *, own: bool = False, stale_after_s: int = 60) -> int:
+    async def reap(
+        self, *, own: bool = False, stale_after_s: int = 60
+    ) -> list[tuple[str, str | None]]:
         """Settle as ``interrupted`` the pending rows of dead replicas (or, at start, our own
-        previous run's, with ``own=True``). Returns how many rows it settled."""
+        previous run's, with ``own=True``). Returns the (request id, key id) pairs settled."""
         query = select(UsageRow.request_id, UsageRow.api_key_id, UsageRow.reserved_micros).where(
             UsageRow.status == "pending"
         )
@@ -139,10 +144,10 @@ class Ledger:
             query = query.where(UsageRow.instance_id.not_in(alive))
         async with self._db.sessions() as session:
             rows = (await session.execute(query)).all()
-        settled = 0
+        settled = []
         for request_id, api_key_id, reserved in rows:
             async with self._db.sessions.begin() as session:
-                settled += await _settle(
+                closed = await _settle(
                     session,
                     request_id,
                     api_key_id,
@@ -152,6 +157,8 @@ class Ledger:
                     http_status=None,
                     latency_ms=None,
                 )
+            if closed:
+                settled.append((request_id, api_key_id))
         return settled
 
 
@@ -175,7 +182,7 @@ def _row(entry: Entry, usage: Usage, *, status: Status, reserved_micros: int) ->
 async def _settle(
     session: AsyncSession,
     request_id: str,
-    api_key_id: str | None,
+    stored_key_id: str | None,
     reserved_micros: int,
     usage: Usage,
     *,
@@ -200,10 +207,10 @@ async def _settle(
     )
     if closed.rowcount != 1:  # type: ignore[attr-defined]
         return False
-    if api_key_id is not None:
+    if stored_key_id is not None:  # bootstrap and anonymous callers have no key row
         await session.execute(
             update(ApiKeyRow)
-            .where(ApiKeyRow.id == api_key_id)
+            .where(ApiKeyRow.id == stored_key_id)
             .values(
                 reserved_micros=ApiKeyRow.reserved_micros - reserved_micros,
                 spent_micros=ApiKeyRow.spent_micros + usage.cost_micros,
