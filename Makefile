@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint bench
+.PHONY: serve test lint bench bench-gateway
 
 serve: $(VENV)/.installed-serve
 	$(BIN)/voxgate serve
@@ -19,6 +19,10 @@ test: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_core.py
+
+bench-gateway: $(VENV)/.installed-test
+	scripts/ensure-services.sh
+	$(BIN)/python bench/bench_gateway.py
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
