@@ -7,6 +7,7 @@ exercise exactly what a user runs. Audio comes from ``../shared/audio`` (overrid
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -14,8 +15,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,12 @@ import openai
 import psycopg
 import pytest
 import redis
+from sqlalchemy import create_engine, select
 from sqlalchemy.engine import make_url
+
+from voxgate.storage.db import Database, driver_urls
+from voxgate.storage.keys import ApiKey, KeyStore
+from voxgate.storage.tables import ApiKeyRow, UsageRow
 
 REPO = Path(__file__).resolve().parent.parent
 AUDIO_DIR = Path(os.environ.get("VOXGATE_TEST_AUDIO", REPO.parent / "shared" / "audio"))
@@ -48,13 +54,27 @@ class Server:
     def v1(self) -> str:
         return f"{self.base_url}/v1"
 
-    def sdk(self, **options: object) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.v1, api_key=self.api_key, max_retries=0, **options)
+    def sdk(self, **options: Any) -> openai.OpenAI:
+        """The official SDK with the bootstrap key."""
+        return self.sdk_for(self.api_key, **options)
+
+    def sdk_for(self, secret: str, **options: Any) -> openai.OpenAI:
+        """The official SDK with this API key, without retries."""
+        return openai.OpenAI(base_url=self.v1, api_key=secret, max_retries=0, **options)
 
     def http(self, **options: Any) -> httpx.Client:
+        """Plain HTTP with the bootstrap key."""
+        return self.http_for(self.api_key, **options)
+
+    def http_for(self, secret: str, **options: Any) -> httpx.Client:
+        """Plain HTTP with ``Authorization: Bearer SECRET`` (timeout 120 s unless given)."""
         options.setdefault("timeout", 120)
-        headers = {"Authorization": f"Bearer {self.api_key}"}
+        headers = {"Authorization": f"Bearer {secret}"}
         return httpx.Client(base_url=self.base_url, headers=headers, **options)
+
+    def admin(self, **options: Any) -> httpx.Client:
+        """Plain HTTP with the admin key."""
+        return self.http_for(ADMIN_KEY, **options)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -125,12 +145,15 @@ def server(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield srv
 
 
+StartServer = Callable[..., AbstractContextManager[Server]]
+
+
 @pytest.fixture(scope="session")
-def start_server(data_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def start_server(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> StartServer:
     """Factory for a server with other settings: ``with start_server(VOXGATE_X="1") as srv:``."""
     log_dir = tmp_path_factory.mktemp("logs-extra")
 
-    def start(**env: str):  # type: ignore[no-untyped-def]
+    def start(**env: str) -> AbstractContextManager[Server]:
         return run_server(data_dir, log_dir, **env)
 
     return start
@@ -162,9 +185,9 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'voxgate.db'}"
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for one test, dropped afterwards."""
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database on ``POSTGRES_URL``'s server; dropped afterwards."""
     name = f"voxgate_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -175,9 +198,9 @@ def postgres_url() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    """The test Redis database, empty before and after the test."""
+@contextmanager
+def flushed_redis() -> Iterator[str]:
+    """The test Redis database (``REDIS_URL``), empty before and after."""
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
     try:
@@ -187,17 +210,54 @@ def redis_url() -> Iterator[str]:
         client.close()
 
 
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    with fresh_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """The test Redis database, empty before and after the test."""
+    with flushed_redis() as url:
+        yield url
+
+
 def audio_path(name: str) -> Path:
     return AUDIO_DIR / name
 
 
+def voxgate_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``voxgate ARGS`` on this database as an operator would; the caller checks the exit
+    code."""
+    env = {**os.environ, "VOXGATE_DATABASE_URL": database_url}
+    return subprocess.run(
+        [sys.executable, "-m", "voxgate", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def assert_error_envelope(
+    response: httpx.Response, status: int, param: str | None
+) -> dict[str, Any]:
+    """Check an OpenAI-style error response (status, the four fields, ``param``); return it."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["param"] == param, error
+    return error  # type: ignore[no-any-return]
+
+
+def sse_events(response: httpx.Response) -> list[dict[str, Any]]:
+    """The JSON payloads of a server-sent-events response's ``data:`` lines."""
+    return [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+
+
 # --- Metering tests: API keys and the usage ledger, written and read straight in the database ---
-
-from collections.abc import Callable, Iterable  # noqa: E402
-from typing import TYPE_CHECKING  # noqa: E402
-
-if TYPE_CHECKING:
-    from voxgate.storage.keys import ApiKey
 
 
 def create_key(database_url: str, name: str = "test", **options: Any) -> tuple[ApiKey, str]:
@@ -205,10 +265,6 @@ def create_key(database_url: str, name: str = "test", **options: Any) -> tuple[A
 
     Migrates the database first, so it works before or after a server has started on it.
     """
-    import asyncio
-
-    from voxgate.storage.db import Database
-    from voxgate.storage.keys import KeyStore
 
     async def create() -> tuple[ApiKey, str]:
         db = Database(database_url)
@@ -222,11 +278,6 @@ def create_key(database_url: str, name: str = "test", **options: Any) -> tuple[A
 
 
 def revoke_key(database_url: str, key_id: str) -> None:
-    import asyncio
-
-    from voxgate.storage.db import Database
-    from voxgate.storage.keys import KeyStore
-
     async def revoke() -> None:
         db = Database(database_url)
         try:
@@ -240,22 +291,21 @@ def revoke_key(database_url: str, key_id: str) -> None:
 class LedgerReader:
     """Read ``usage_records`` and ``api_keys`` rows as dicts (sync SQLAlchemy, any backend).
 
-    Rows are written after the response's last byte, so wait for them with ``settled``.
+    A context manager (or call ``close``). Rows are written after the response's last byte, so
+    wait for them with ``settled``.
     """
 
     def __init__(self, database_url: str) -> None:
-        from sqlalchemy import create_engine
-
-        from voxgate.storage.db import driver_urls
-
         self.engine = create_engine(driver_urls(database_url)[1])
+
+    def __enter__(self) -> LedgerReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def rows(self, key_id: str | None = None) -> list[dict[str, Any]]:
         """Usage rows in insertion order, all of them or those of one key."""
-        from sqlalchemy import select
-
-        from voxgate.storage.tables import UsageRow
-
         query = select(UsageRow.__table__).order_by(UsageRow.id)
         if key_id is not None:
             query = query.where(UsageRow.api_key_id == key_id)
@@ -264,10 +314,6 @@ class LedgerReader:
 
     def key(self, key_id: str) -> dict[str, Any]:
         """The ``api_keys`` row (spent_micros, reserved_micros, limits…)."""
-        from sqlalchemy import select
-
-        from voxgate.storage.tables import ApiKeyRow
-
         query = select(ApiKeyRow.__table__).where(ApiKeyRow.id == key_id)
         with self.engine.connect() as connection:
             return dict(connection.execute(query).one()._mapping)

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import ADMIN_KEY, API_KEY, Server
+from conftest import API_KEY, Server, StartServer, assert_error_envelope
 
 KEYS = "/admin/keys"
 PUBLIC_FIELDS = {
@@ -43,20 +43,15 @@ def db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def keyed(start_server, db_path: Path) -> Iterator[Server]:  # type: ignore[no-untyped-def]
+def keyed(start_server: StartServer, db_path: Path) -> Iterator[Server]:
     with start_server(VOXGATE_DATABASE_URL=f"sqlite:///{db_path}") as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
 def admin(keyed: Server) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    with httpx.Client(base_url=keyed.base_url, headers=headers, timeout=60) as client:
+    with keyed.admin(timeout=60) as client:
         yield client
-
-
-def sdk_for(server: Server, secret: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.v1, api_key=secret, max_retries=0)
 
 
 def create(admin: httpx.Client, **body: Any) -> dict[str, Any]:
@@ -74,14 +69,6 @@ def wait_for_spend(admin: httpx.Client, key_id: str) -> float:
             assert key["remaining_usd"] == pytest.approx(key["budget_usd"] - key["spent_usd"])
             return float(key["spent_usd"])
         time.sleep(0.1)
-
-
-def assert_error(response: httpx.Response, status: int, param: str | None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["param"] == param, error
-    return error  # type: ignore[no-any-return]
 
 
 # --- who may call it ------------------------------------------------------------------------
@@ -105,7 +92,7 @@ def test_admin_refuses_other_callers(keyed: Server, admin: httpx.Client) -> None
             response = httpx.request(
                 method, keyed.base_url + path, headers=headers, json={"name": "x"}, timeout=30
             )
-            error = assert_error(response, 401, None)
+            error = assert_error_envelope(response, 401, None)
             assert error["code"] == "invalid_api_key", (method, path, error)
     names = [key["name"] for key in admin.get(KEYS).json()["data"]]
     assert names.count("x") == 0  # none of the refused POSTs created anything
@@ -153,7 +140,7 @@ def test_create_list_get_patch_revoke(keyed: Server, admin: httpx.Client) -> Non
         assert secret not in response.text and secret[6:] not in response.text
 
     # The key works, and spends against its budget ($15 per 1M characters: 45 micro-USD here).
-    audio = sdk_for(keyed, secret).audio.speech.create(model="tts-1", voice="alloy", input="Hi.")
+    audio = keyed.sdk_for(secret).audio.speech.create(model="tts-1", voice="alloy", input="Hi.")
     assert len(audio.content) > 1000
     assert wait_for_spend(admin, key_id) == pytest.approx(0.000045)
 
@@ -180,7 +167,7 @@ def test_create_list_get_patch_revoke(keyed: Server, admin: httpx.Client) -> Non
     assert again.status_code == 200 and again.json() == revoked.json()
     assert admin.get(f"{KEYS}/{key_id}").json()["revoked"] is True
     with pytest.raises(openai.AuthenticationError) as caught:
-        sdk_for(keyed, secret).audio.speech.create(model="tts-1", voice="alloy", input="Hi.")
+        keyed.sdk_for(secret).audio.speech.create(model="tts-1", voice="alloy", input="Hi.")
     assert caught.value.code == "invalid_api_key" and "revoked" in caught.value.message
 
     everyone = [key["id"] for key in admin.get(KEYS).json()["data"]]
@@ -196,17 +183,17 @@ def test_revoke_alias_and_missing_keys(keyed: Server, admin: httpx.Client) -> No
     response = admin.post(f"{KEYS}/{created['id']}/revoke")
     assert response.status_code == 200 and response.json()["revoked"] is True
     with pytest.raises(openai.AuthenticationError):
-        sdk_for(keyed, created["key"]).models.list()
+        keyed.sdk_for(created["key"]).models.list()
     for method, path in ADMIN_CALLS[2:]:
         response = admin.request(method, path.replace("key_x", "key_missing"), json={})
-        assert assert_error(response, 404, None)["code"] == "not_found", (method, path)
+        assert assert_error_envelope(response, 404, None)["code"] == "not_found", (method, path)
 
 
 def test_expired_key_is_refused(keyed: Server, admin: httpx.Client) -> None:
     expires_at = int(time.time()) + 2
     created = create(admin, name="short-lived", expires_at=expires_at)
     assert created["expires_at"] == expires_at
-    client = sdk_for(keyed, created["key"])
+    client = keyed.sdk_for(created["key"])
     assert client.models.list().data  # works until then
     time.sleep(max(0.0, expires_at - time.time()) + 0.5)
     with pytest.raises(openai.AuthenticationError) as caught:
@@ -255,7 +242,7 @@ BAD_CREATES = [
 @pytest.mark.parametrize(("body", "param", "code"), BAD_CREATES)
 def test_bad_create(admin: httpx.Client, body: dict[str, Any], param: str, code: str) -> None:
     before = len(admin.get(KEYS).json()["data"])
-    error = assert_error(admin.post(KEYS, json=body), 400, param)
+    error = assert_error_envelope(admin.post(KEYS, json=body), 400, param)
     assert error["code"] == code, error
     assert error["type"] == "invalid_request_error"
     assert len(admin.get(KEYS).json()["data"]) == before
@@ -271,13 +258,13 @@ def test_bad_patch(admin: httpx.Client) -> None:
         ({"expires_at": "1999-12-31"}, "expires_at"),
         ({"bogus": 1}, "bogus"),
     ]:
-        assert_error(admin.patch(path, json=body), 400, param)
+        assert_error_envelope(admin.patch(path, json=body), 400, param)
     assert admin.get(path).json() == {key: created[key] for key in PUBLIC_FIELDS}
 
 
 def test_malformed_body(admin: httpx.Client) -> None:
     response = admin.post(KEYS, content=b"{not json", headers={"content-type": "application/json"})
-    assert_error(response, 400, None)
+    assert_error_envelope(response, 400, None)
 
 
 # --- what is stored -------------------------------------------------------------------------

@@ -8,10 +8,7 @@ PostgreSQL with a server of its own.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,41 +16,25 @@ from typing import Any
 import openai
 import psycopg
 import pytest
-from conftest import Server, audio_path
+from conftest import Server, StartServer, audio_path, voxgate_cli
 
 SHORT_CLIP = "en-librispeech-1089-134686-0001.flac"  # 3 s
 
 
-def keys_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``voxgate keys ARGS`` on this database; the caller checks the exit code."""
-    env = {**os.environ, "VOXGATE_DATABASE_URL": database_url}
-    return subprocess.run(
-        [sys.executable, "-m", "voxgate", "keys", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def create_json(database_url: str, *args: str) -> dict[str, Any]:
-    result = keys_cli(database_url, "create", *args, "--json")
+    result = voxgate_cli(database_url, "keys", "create", *args, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
 def listed(database_url: str, *args: str) -> list[dict[str, Any]]:
-    result = keys_cli(database_url, "list", "--json", *args)
+    result = voxgate_cli(database_url, "keys", "list", "--json", *args)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)["data"]  # type: ignore[no-any-return]
 
 
-def sdk_for(server: Server, secret: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.v1, api_key=secret, max_retries=0)
-
-
 def speak(server: Server, secret: str, model: str = "tts-1") -> bytes:
-    audio = sdk_for(server, secret).audio.speech.create(model=model, voice="alloy", input="Hi.")
+    audio = server.sdk_for(secret).audio.speech.create(model=model, voice="alloy", input="Hi.")
     return audio.content
 
 
@@ -63,7 +44,7 @@ def db_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def keyed(start_server, db_url: str) -> Iterator[Server]:  # type: ignore[no-untyped-def]
+def keyed(start_server: StartServer, db_url: str) -> Iterator[Server]:
     with start_server(VOXGATE_DATABASE_URL=db_url) as srv:
         yield srv
 
@@ -82,18 +63,18 @@ def test_create_use_list_revoke(keyed: Server, db_url: str) -> None:
 
     assert len(speak(keyed, secret)) > 1000
 
-    table = keys_cli(db_url, "list")
+    table = voxgate_cli(db_url, "keys", "list")
     assert table.returncode == 0, table.stderr
     (line,) = [line for line in table.stdout.splitlines() if key["id"] in line]
     assert "cli key" in line and key["redacted_value"] in line and "$1.50" in line
     assert "100 req/min" in line and "2031-01-01" in line
-    as_json = keys_cli(db_url, "list", "--json", "--all")
+    as_json = voxgate_cli(db_url, "keys", "list", "--json", "--all")
     for output in (table.stdout + table.stderr, as_json.stdout + as_json.stderr):
         assert secret not in output and secret[6:] not in output
     (public,) = [entry for entry in json.loads(as_json.stdout)["data"] if entry["id"] == key["id"]]
     assert "key" not in public and public["redacted_value"] == key["redacted_value"]
 
-    revoked = keys_cli(db_url, "revoke", key["id"])
+    revoked = voxgate_cli(db_url, "keys", "revoke", key["id"])
     assert revoked.returncode == 0, revoked.stderr
     assert "Revoked" in revoked.stdout
     with pytest.raises(openai.AuthenticationError) as caught:
@@ -103,12 +84,12 @@ def test_create_use_list_revoke(keyed: Server, db_url: str) -> None:
     assert key["id"] not in [entry["id"] for entry in listed(db_url)]
     (gone,) = [entry for entry in listed(db_url, "--all") if entry["id"] == key["id"]]
     assert gone["revoked"] is True and gone["revoked_at"] is not None
-    again = keys_cli(db_url, "revoke", key["id"])  # idempotent
+    again = voxgate_cli(db_url, "keys", "revoke", key["id"])  # idempotent
     assert again.returncode == 0 and "already revoked" in again.stdout
 
 
 def test_human_create_shows_secret_once(keyed: Server, db_url: str) -> None:
-    result = keys_cli(db_url, "create", "--name", "human", "--max-concurrency", "2")
+    result = voxgate_cli(db_url, "keys", "create", "--name", "human", "--max-concurrency", "2")
     assert result.returncode == 0, result.stderr
     secrets = re.findall(r"sk-vg-[A-Za-z0-9_-]{40,}", result.stdout)
     assert len(secrets) == 1
@@ -121,7 +102,7 @@ def test_model_allowlist(keyed: Server, db_url: str) -> None:
     """A key made with ``--models whisper-1`` transcribes, may not speak, sees only whisper-1."""
     key = create_json(db_url, "--name", "stt only", "--models", "whisper-1")
     assert key["models"] == ["whisper-1"]
-    client = sdk_for(keyed, key["key"])
+    client = keyed.sdk_for(key["key"])
     with pytest.raises(openai.PermissionDeniedError) as caught:
         client.audio.speech.create(model="tts-1", voice="alloy", input="Hi.")
     error = caught.value
@@ -136,16 +117,16 @@ def test_model_allowlist(keyed: Server, db_url: str) -> None:
 
 def test_update(keyed: Server, db_url: str) -> None:
     key = create_json(db_url, "--name", "to update", "--budget", "3", "--models", "tts-1")
-    result = keys_cli(
-        db_url, "update", key["id"], "--name", "updated", "--rpm", "7", "--clear", "budget",
-        "--clear", "models", "--json",
+    result = voxgate_cli(
+        db_url, "keys", "update", key["id"], "--name", "updated", "--rpm", "7", "--clear",
+        "budget", "--clear", "models", "--json",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     updated = json.loads(result.stdout)
     assert (updated["name"], updated["budget_usd"], updated["models"]) == ("updated", None, None)
     assert updated["limits"]["rpm"] == 7
     assert speak(keyed, key["key"], model="tts-1-hd")  # every model allowed now
-    missing = keys_cli(db_url, "update", "key_missing", "--rpm", "1")
+    missing = voxgate_cli(db_url, "keys", "update", "key_missing", "--rpm", "1")
     assert missing.returncode == 1 and "key_missing" in missing.stderr
 
 
@@ -162,7 +143,7 @@ INVALID_CREATES = [
 def test_invalid_create(db_url: str) -> None:
     """Each refused with exit code 2 and a message naming the option; nothing is stored."""
     for args, option, reason in INVALID_CREATES:
-        result = keys_cli(db_url, "create", "--name", "refused", *args)
+        result = voxgate_cli(db_url, "keys", "create", "--name", "refused", *args)
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert result.stderr.startswith(f"error: {option}:"), result.stderr
         assert reason in result.stderr and "sk-vg-" not in result.stdout
@@ -170,7 +151,7 @@ def test_invalid_create(db_url: str) -> None:
 
 
 def test_revoke_unknown_key(db_url: str) -> None:
-    result = keys_cli(db_url, "revoke", "key_does_not_exist")
+    result = voxgate_cli(db_url, "keys", "revoke", "key_does_not_exist")
     assert result.returncode == 1
     assert "key_does_not_exist" in result.stderr and not result.stdout
 
@@ -178,14 +159,14 @@ def test_revoke_unknown_key(db_url: str) -> None:
 def test_fresh_database(tmp_path: Path) -> None:
     """On a machine where nothing ran yet the CLI creates the schema itself."""
     url = f"sqlite:///{tmp_path / 'new' / 'voxgate.db'}"
-    empty = keys_cli(url, "list")
+    empty = voxgate_cli(url, "keys", "list")
     assert empty.returncode == 0, empty.stderr
     assert "No API keys" in empty.stdout
     key = create_json(url, "--name", "first")
     assert [entry["id"] for entry in listed(url)] == [key["id"]]
 
 
-def test_postgres(start_server, postgres_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_postgres(start_server: StartServer, postgres_url: str) -> None:
     """The CLI on PostgreSQL: made before the server starts, used, revoked while it runs; the
     row holds the digest, never the secret."""
     key = create_json(postgres_url, "--name", "pg key", "--models", "tts-1", "--budget", "1")
@@ -194,7 +175,7 @@ def test_postgres(start_server, postgres_url: str) -> None:  # type: ignore[no-u
         assert len(speak(server, secret)) > 1000
         later = create_json(postgres_url, "--name", "made while running")
         assert speak(server, later["key"])
-        assert keys_cli(postgres_url, "revoke", key["id"]).returncode == 0
+        assert voxgate_cli(postgres_url, "keys", "revoke", key["id"]).returncode == 0
         with pytest.raises(openai.AuthenticationError):
             speak(server, secret)
     names = [entry["name"] for entry in listed(postgres_url, "--all")]

@@ -8,25 +8,30 @@ Rows are written just after a response's last byte, so tests wait for them to se
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from conftest import LedgerReader, Server, audio_path, create_key, revoke_key, wait_until
+from conftest import (
+    LedgerReader,
+    Server,
+    StartServer,
+    audio_path,
+    create_key,
+    revoke_key,
+    sse_events,
+    wait_until,
+)
 
 from voxgate.storage.keys import ApiKey, Limits
-
-StartServer = Callable[..., AbstractContextManager[Server]]
 
 SHORT_CLIP = "en-librispeech-1089-134691-0000.flac"  # 2.08 s
 MEDIUM_CLIP = "en-librispeech-1089-134691-0001.flac"  # 5.42 s
@@ -50,13 +55,6 @@ class Gateway:
     def key(self, **options: Any) -> tuple[ApiKey, str]:
         return create_key(self.database_url, "gateway-test", **options)
 
-    def http(self, secret: str) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {secret}"}
-        return httpx.Client(base_url=self.server.base_url, headers=headers, timeout=120)
-
-    def sdk(self, secret: str) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.server.v1, api_key=secret, max_retries=0)
-
 
 @pytest.fixture(scope="module")
 def gateway(
@@ -64,15 +62,12 @@ def gateway(
 ) -> Iterator[Gateway]:
     """The module's server, on its own SQLite database, with limits in its memory."""
     database_url = f"sqlite:///{tmp_path_factory.mktemp('gateway-db') / 'voxgate.db'}"
-    ledger = LedgerReader(database_url)
-    try:
-        # Beam size 1 decodes about twice as fast; metering does not depend on it.
-        with start_server(
-            VOXGATE_DATABASE_URL=database_url, VOXGATE_WHISPER_BEAM_SIZE="1"
-        ) as server:
-            yield Gateway(server, database_url, ledger)
-    finally:
-        ledger.close()
+    # Beam size 1 decodes about twice as fast; metering does not depend on it.
+    with (
+        LedgerReader(database_url) as ledger,
+        start_server(VOXGATE_DATABASE_URL=database_url, VOXGATE_WHISPER_BEAM_SIZE="1") as server,
+    ):
+        yield Gateway(server, database_url, ledger)
 
 
 def go_duration_s(value: str) -> float:
@@ -99,10 +94,6 @@ def speak(sdk: openai.OpenAI, text: str, model: str = "espeak-ng", **options: An
     return str(raw.headers["x-request-id"])
 
 
-def sse_events(response: httpx.Response) -> list[dict[str, Any]]:
-    return [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
-
-
 # --- units and cost do not depend on how the result is delivered ---------------------------------
 
 
@@ -117,7 +108,7 @@ def test_audio_is_metered_the_same_in_every_response_format_and_when_streamed(
     url = f"/v1/audio/{endpoint}"
     request_ids: dict[str, str] = {}
     duration_s = 0.0
-    with gateway.http(secret) as http:
+    with gateway.server.http_for(secret) as http:
         for response_format in TRANSCRIPT_FORMATS:
             data = {"model": "whisper-1", "response_format": response_format}
             response = http.post(url, files={"file": (SHORT_CLIP, clip)}, data=data)
@@ -157,7 +148,7 @@ def test_transcription_is_billed_at_the_price_of_the_requested_model_id(gateway:
     own price applies: half of whisper-1's for the same decoded milliseconds."""
     _, secret = gateway.key()
     clip = audio_path(SHORT_CLIP).read_bytes()
-    sdk = gateway.sdk(secret)
+    sdk = gateway.server.sdk_for(secret)
     request_ids = {}
     for model in ("whisper-1", "gpt-4o-mini-transcribe"):
         raw = sdk.audio.transcriptions.with_raw_response.create(
@@ -180,10 +171,13 @@ def test_speech_is_metered_by_input_characters_in_every_format_and_over_sse(
     key, secret = gateway.key()
     text = "Metering counts characters, not bytes: naïve café, 5 € — ok? 🎉"
     assert len(text.encode()) > len(text)
-    sdk = gateway.sdk(secret)
+    sdk = gateway.server.sdk_for(secret)
     request_ids = {fmt: speak(sdk, text, response_format=fmt) for fmt in SPEECH_FORMATS}
     body = {"model": "espeak-ng", "voice": "en-us", "input": text, "stream_format": "sse"}
-    with gateway.http(secret) as http, http.stream("POST", "/v1/audio/speech", json=body) as sse:
+    with (
+        gateway.server.http_for(secret) as http,
+        http.stream("POST", "/v1/audio/speech", json=body) as sse,
+    ):
         assert sse.status_code == 200
         events = sse_events(sse)
         request_ids["sse"] = sse.headers["x-request-id"]
@@ -218,7 +212,7 @@ def test_requests_per_minute_limit_sets_headers_and_refuses_with_retry_after(
     """rpm=3: three requests carry x-ratelimit-*-requests (remaining 2, 1, 0; reset growing,
     at most a minute); the fourth is 429 rate_limit_exceeded with an integer Retry-After."""
     _, secret = gateway.key(limits=Limits(rpm=3))
-    sdk = gateway.sdk(secret)
+    sdk = gateway.server.sdk_for(secret)
     remaining, resets = [], []
     for _ in range(3):
         raw = sdk.audio.speech.with_raw_response.create(
@@ -240,7 +234,7 @@ def test_audio_seconds_per_minute_limit(gateway: Gateway) -> None:
     """5 audio-seconds/min: a 5.4 s clip can never fit (429, no Retry-After); 2.08 s clips fit
     and report x-ratelimit-*-audio-seconds until the bucket is full, then 429 with Retry-After."""
     _, secret = gateway.key(limits=Limits(audio_seconds_per_minute=5))
-    sdk = gateway.sdk(secret)
+    sdk = gateway.server.sdk_for(secret)
     with pytest.raises(openai.RateLimitError) as never:
         sdk.audio.transcriptions.create(
             model="whisper-1", file=(MEDIUM_CLIP, audio_path(MEDIUM_CLIP).read_bytes())
@@ -267,7 +261,7 @@ def test_characters_per_minute_limit(gateway: Gateway) -> None:
     """100 characters/min: 101 characters never fit (429, no Retry-After); 40-character
     requests fit and report x-ratelimit-*-characters until the third, refused with Retry-After."""
     _, secret = gateway.key(limits=Limits(characters_per_minute=100))
-    sdk = gateway.sdk(secret)
+    sdk = gateway.server.sdk_for(secret)
     with pytest.raises(openai.RateLimitError) as never:
         sdk.audio.speech.create(model="espeak-ng", voice="en-us", input="a" * 101)
     assert never.value.code == "rate_limit_exceeded"
@@ -295,7 +289,7 @@ def test_max_concurrency_refuses_a_second_request_while_one_runs(gateway: Gatewa
     """max_concurrency=1: while a transcription runs, another request gets 429
     concurrency_limit_exceeded (Retry-After 1); once it has finished, requests work again."""
     key, secret = gateway.key(limits=Limits(max_concurrency=1))
-    sdk = gateway.sdk(secret)
+    sdk = gateway.server.sdk_for(secret)
     sonnet = (SONNET_CLIP, audio_path(SONNET_CLIP).read_bytes())
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(
@@ -321,7 +315,7 @@ def test_max_concurrency_admits_requests_sent_one_after_another(gateway: Gateway
     before sending the next (here on one keep-alive connection) is never refused."""
     _, secret = gateway.key(limits=Limits(max_concurrency=1))
     body = {"model": "espeak-ng", "voice": "en-us", "input": "Next."}
-    with gateway.http(secret) as http:
+    with gateway.server.http_for(secret) as http:
         statuses = [http.post("/v1/audio/speech", json=body).status_code for _ in range(10)]
     assert statuses == [200] * 10
 
@@ -334,7 +328,7 @@ def test_budget_is_never_exceeded_and_refusals_are_insufficient_quota(gateway: G
     (openai.RateLimitError, no Retry-After); 17 characters (255) still fit exactly; then even 1
     character is refused. Spent ends at exactly the budget, nothing held."""
     key, secret = gateway.key(budget_micros=1005)
-    sdk = gateway.sdk(secret)
+    sdk = gateway.server.sdk_for(secret)
     ids = [speak(sdk, "x" * 50)]
     with pytest.raises(openai.RateLimitError) as refused:
         speak(sdk, "y" * 50)
@@ -365,7 +359,7 @@ def test_failed_requests_cost_nothing_and_release_their_reservation(gateway: Gat
     cost was reserved) all fail with 400 and cost 0; the budget, exactly one more request,
     still covers that request afterwards."""
     key, secret = gateway.key(budget_micros=len("Hello.") * PER_CHARACTER)
-    sdk = gateway.sdk(secret)
+    sdk = gateway.server.sdk_for(secret)
     ids = []
     with pytest.raises(openai.BadRequestError) as bad_audio:
         sdk.audio.transcriptions.create(model="whisper-1", file=("a.wav", b"RIFF not audio"))
@@ -403,7 +397,10 @@ def test_client_leaving_a_speech_stream_pays_only_for_what_it_received(gateway: 
     )
     body = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "pcm"}
     received = 0
-    with gateway.http(secret) as http, http.stream("POST", "/v1/audio/speech", json=body) as r:
+    with (
+        gateway.server.http_for(secret) as http,
+        http.stream("POST", "/v1/audio/speech", json=body) as r,
+    ):
         assert r.status_code == 200
         request_id = r.headers["x-request-id"]
         for chunk in r.iter_raw():
@@ -476,14 +473,14 @@ def test_every_request_by_a_key_has_exactly_one_row_under_its_request_id(
         (429, speech, {"json": say}),  # the 8th request: rpm=7
     ]
     statuses: dict[str, int] = {}
-    with gateway.http(secret) as http:
+    with gateway.server.http_for(secret) as http:
         for expected, path, options in calls:
             response = http.post(path, **options)
             assert response.status_code == expected, (path, options.get("json"), response.text)
             statuses[response.headers["x-request-id"]] = expected
     unauthenticated = []
     for bad_secret in ("sk-vg-not-a-key", key.redacted):
-        with gateway.http(bad_secret) as http:
+        with gateway.server.http_for(bad_secret) as http:
             response = http.post(speech, json=say)
         assert response.status_code == 401
         unauthenticated.append(response.headers["x-request-id"])
@@ -506,13 +503,13 @@ def test_revoked_and_expired_keys_get_401_and_leave_no_row(gateway: Gateway) -> 
     """A key that worked gets 401 invalid_api_key once revoked; so does a key past expires_at."""
     revoked, revoked_secret = gateway.key()
     expired, expired_secret = gateway.key(expires_at=int(time.time()) - 1)
-    worked = speak(gateway.sdk(revoked_secret), "Still valid.")
+    worked = speak(gateway.server.sdk_for(revoked_secret), "Still valid.")
     gateway.ledger.settled([worked])
     revoke_key(gateway.database_url, revoked.id)
     refused_ids = []
     for secret, reason in ((revoked_secret, "revoked"), (expired_secret, "expired")):
         with pytest.raises(openai.AuthenticationError) as refused:
-            speak(gateway.sdk(secret), "Let me in.")
+            speak(gateway.server.sdk_for(secret), "Let me in.")
         assert refused.value.code == "invalid_api_key"
         assert reason in refused.value.message
         refused_ids.append(refused.value.response.headers["x-request-id"])
@@ -528,7 +525,7 @@ def test_model_allowlist_refuses_other_models_with_403_model_not_allowed(
     """A key allowed only espeak-ng may use it, but tts-1 and whisper-1 are 403
     model_not_allowed with param "model", refused before any work and at no cost."""
     key, secret = gateway.key(models=["espeak-ng"])
-    sdk = gateway.sdk(secret)
+    sdk = gateway.server.sdk_for(secret)
     allowed = speak(sdk, "Allowed.")
     refused_ids = []
     with pytest.raises(openai.PermissionDeniedError) as speech_refused:
@@ -561,20 +558,16 @@ def test_an_unreachable_redis_is_a_500_with_the_request_id_not_a_refusal(
         VOXGATE_DATABASE_URL=sqlite_url, VOXGATE_REDIS_URL="redis://127.0.0.1:1/0"
     ) as server:
         _, secret = create_key(sqlite_url, "no-redis", limits=Limits(rpm=100))
-        response = httpx.post(
-            f"{server.base_url}/v1/audio/speech",
-            headers={"Authorization": f"Bearer {secret}"},
-            json={"model": "espeak-ng", "voice": "en-us", "input": "Hello."},
-            timeout=60,
-        )
+        with server.http_for(secret, timeout=60) as http:
+            response = http.post(
+                "/v1/audio/speech",
+                json={"model": "espeak-ng", "voice": "en-us", "input": "Hello."},
+            )
     assert response.status_code == 500, response.text
     error = response.json()["error"]
     assert (error["type"], error["code"]) == ("server_error", "internal_error")
     request_id = response.headers["x-request-id"]
     assert request_id in error["message"]
-    ledger = LedgerReader(sqlite_url)
-    try:
+    with LedgerReader(sqlite_url) as ledger:
         row = ledger.settled([request_id])[request_id]
-    finally:
-        ledger.close()
     assert (row["status"], row["http_status"], row["cost_micros"]) == ("failed", 500, 0)

@@ -8,63 +8,34 @@ the middle of a request and restarts it under the same instance id.
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import openai
-import psycopg
 import pytest
-import redis
 from conftest import (
-    POSTGRES_URL,
-    REDIS_URL,
     LedgerReader,
     Server,
+    StartServer,
     audio_path,
     create_key,
+    flushed_redis,
+    fresh_postgres_database,
+    sse_events,
     wait_until,
 )
-from sqlalchemy.engine import make_url
 
 from voxgate.storage.keys import ApiKey, Limits
-
-StartServer = Callable[..., AbstractContextManager[Server]]
 
 SHORT_CLIP = "en-librispeech-1089-134691-0000.flac"  # 2.08 s
 LONG_CLIP = "en-ljspeech-LJ001-0001-to-0032-long.flac"  # 222 s, ~15 s to transcribe
 PER_CHARACTER = 15  # espeak-ng: $15 per million characters, in micro-USD
 WHISPER_1_PER_S = 100  # whisper-1: $0.0001 per second, in micro-USD
-
-
-@contextmanager
-def fresh_postgres_database() -> Iterator[str]:
-    """A new PostgreSQL database (dropped afterwards), for fixtures wider than one test."""
-    name = f"voxgate_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield str(make_url(POSTGRES_URL).set(database=name))
-    finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@contextmanager
-def flushed_redis() -> Iterator[str]:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    try:
-        yield REDIS_URL
-    finally:
-        client.flushdb()
-        client.close()
 
 
 @dataclass(frozen=True)
@@ -101,8 +72,7 @@ def cluster(start_server: StartServer) -> Iterator[Cluster]:
             "VOXGATE_REDIS_URL": redis_url,
             "VOXGATE_WHISPER_BEAM_SIZE": "1",  # faster; metering does not depend on it
         }
-        ledger = LedgerReader(database_url)
-        stack.callback(ledger.close)
+        ledger = stack.enter_context(LedgerReader(database_url))
         with ThreadPoolExecutor(2) as pool:  # start both at once
             starting = [
                 pool.submit(stack.enter_context, start_server(VOXGATE_INSTANCE_ID=name, **env))
@@ -125,16 +95,12 @@ def sdk_call(client: openai.OpenAI, text: str) -> Outcome:
         return Outcome(429, headers["x-request-id"], error.code, headers.get("retry-after"))
 
 
-def sdk_clients(cluster: Cluster, secret: str) -> list[openai.OpenAI]:
-    return [openai.OpenAI(base_url=s.v1, api_key=secret, max_retries=0) for s in cluster.servers]
-
-
 class TestTwoReplicas:
     def test_requests_per_minute_are_one_limit_for_both_replicas(self, cluster: Cluster) -> None:
         """rpm=10 and 20 concurrent requests alternating between the replicas: exactly 10
         succeed, the other 10 are 429 rate_limit_exceeded with Retry-After, one row each."""
         key, secret = cluster.key(limits=Limits(rpm=10))
-        clients = sdk_clients(cluster, secret)
+        clients = [server.sdk_for(secret) for server in cluster.servers]
         with ThreadPoolExecutor(20) as pool:
             outcomes = list(pool.map(lambda i: sdk_call(clients[i % 2], "Shared."), range(20)))
         ok = [o for o in outcomes if o.status == 200]
@@ -154,7 +120,7 @@ class TestTwoReplicas:
         text = "Shared budget."
         cost = len(text) * PER_CHARACTER
         key, secret = cluster.key(budget_micros=4 * cost)
-        clients = sdk_clients(cluster, secret)
+        clients = [server.sdk_for(secret) for server in cluster.servers]
         with ThreadPoolExecutor(12) as pool:
             outcomes = list(pool.map(lambda i: sdk_call(clients[i % 2], text), range(12)))
         assert sum(o.status == 200 for o in outcomes) == 4, outcomes
@@ -191,20 +157,12 @@ class TestTwoReplicas:
         budget = estimate // 2
         key, secret = cluster.key(budget_micros=budget)
 
-        clients = [
-            httpx.Client(
-                base_url=s.base_url, headers={"Authorization": f"Bearer {secret}"}, timeout=120
-            )
-            for s in cluster.servers
-        ]
-        try:
+        with ExitStack() as stack:
+            clients = [stack.enter_context(s.http_for(secret)) for s in cluster.servers]
             with ThreadPoolExecutor(50) as pool:
                 outcomes = list(
                     pool.map(lambda i: _http_call(clients[i % 2], *jobs[i]), range(len(jobs)))
                 )
-        finally:
-            for client in clients:
-                client.close()
 
         statuses = [o.status for o in outcomes]
         assert 200 in statuses and 429 in statuses, statuses
@@ -259,18 +217,14 @@ def _http_call(client: httpx.Client, kind: str, job: dict[str, Any]) -> Outcome:
         retry_after = response.headers.get("retry-after")
         return Outcome(response.status_code, request_id, error["code"], retry_after, kind)
     if kind == "speech-sse":
-        events = [
-            json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data:")
-        ]
-        assert events[-1]["type"] == "speech.audio.done"
+        assert sse_events(response)[-1]["type"] == "speech.audio.done"
     return Outcome(200, request_id, kind=kind)
 
 
 @pytest.fixture
 def postgres_ledger(postgres_url: str) -> Iterator[LedgerReader]:
-    ledger = LedgerReader(postgres_url)
-    yield ledger
-    ledger.close()
+    with LedgerReader(postgres_url) as ledger:
+        yield ledger
 
 
 def test_replica_killed_mid_request_settles_its_open_row_when_restarted(
@@ -289,13 +243,12 @@ def test_replica_killed_mid_request_settles_its_open_row_when_restarted(
         "VOXGATE_REDIS_URL": redis_url,
         "VOXGATE_INSTANCE_ID": "scale-killed",
     }
-    headers = {"Authorization": f"Bearer {secret}"}
     speech = {"model": "espeak-ng", "voice": "en-us", "input": "Before the crash."}
     cost = len(speech["input"]) * PER_CHARACTER
 
     with (
         start_server(**env) as doomed,
-        httpx.Client(base_url=doomed.base_url, headers=headers, timeout=120) as http,
+        doomed.http_for(secret) as http,
         ThreadPoolExecutor(1) as pool,
     ):
         before = http.post("/v1/audio/speech", json=speech)
@@ -318,7 +271,7 @@ def test_replica_killed_mid_request_settles_its_open_row_when_restarted(
 
     with (
         start_server(**env) as restarted,
-        httpx.Client(base_url=restarted.base_url, headers=headers, timeout=60) as http,
+        restarted.http_for(secret, timeout=60) as http,
     ):
         # Settled during start-up, before the server reported healthy.
         row = {r["request_id"]: r for r in ledger.rows(key.id)}[open_row["request_id"]]

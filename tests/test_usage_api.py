@@ -15,9 +15,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -28,10 +25,17 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import ADMIN_KEY, API_KEY, Server, audio_path
+from conftest import (
+    API_KEY,
+    Server,
+    StartServer,
+    assert_error_envelope,
+    audio_path,
+    create_key,
+    voxgate_cli,
+)
 
 from voxgate.storage.db import Database
-from voxgate.storage.keys import KeyStore
 from voxgate.storage.reports import ReportQuery, Reports
 from voxgate.storage.tables import UsageRow
 
@@ -138,42 +142,25 @@ def db_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('usage-db') / 'voxgate.db'}"
 
 
-def store_key(database_url: str, name: str) -> tuple[str, str]:
-    """A stored key made before the server starts: (id, secret)."""
-
-    async def run() -> tuple[str, str]:
-        db = Database(database_url)
-        try:
-            await db.migrate()
-            key, secret = await KeyStore(db).create(name)
-            return key.id, secret
-        finally:
-            await db.close()
-
-    return asyncio.run(run())
-
-
 @pytest.fixture(scope="module")
 def stored_key(db_url: str) -> tuple[str, str]:
-    return store_key(db_url, "usage test")
+    """A stored key made before the server starts: (id, secret)."""
+    key, secret = create_key(db_url, "usage test")
+    return key.id, secret
 
 
 @pytest.fixture(scope="module")
-def usage_server(start_server, db_url: str, stored_key: tuple[str, str]) -> Iterator[Server]:  # type: ignore[no-untyped-def]
+def usage_server(
+    start_server: StartServer, db_url: str, stored_key: tuple[str, str]
+) -> Iterator[Server]:
     with start_server(VOXGATE_DATABASE_URL=db_url) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
 def admin(usage_server: Server) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    with httpx.Client(base_url=usage_server.base_url, headers=headers, timeout=60) as client:
+    with usage_server.admin(timeout=60) as client:
         yield client
-
-
-def as_client(server: Server, secret: str) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {secret}"}
-    return httpx.Client(base_url=server.base_url, headers=headers, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +174,7 @@ def traffic(usage_server: Server, stored_key: tuple[str, str], admin: httpx.Clie
     for clip in A_CLIPS:
         listen(a, traffic, price, BOOTSTRAP_ID, clip)
     b_id, b_secret = stored_key
-    b = openai.OpenAI(base_url=usage_server.v1, api_key=b_secret, max_retries=0)
+    b = usage_server.sdk_for(b_secret)
     speak(b, traffic, price, b_id, model="tts-1-hd", input=B_TEXT)
     listen(b, traffic, price, b_id, B_CLIP)
     listen(b, traffic, price, b_id, B_FOREIGN_CLIP, translate=True)
@@ -218,6 +205,13 @@ def wait_settled(client: httpx.Client, traffic: Traffic) -> None:
 
 
 def get(client: httpx.Client, path: str, **params: Any) -> dict[str, Any]:
+    return get_pairs(client, path, params)
+
+
+def get_pairs(
+    client: httpx.Client, path: str, params: dict[str, Any] | list[tuple[str, Any]]
+) -> dict[str, Any]:
+    """GET a page that must succeed; ``params`` as a dict or as (name, value) pairs."""
     response = client.get(path, params=params)
     assert response.status_code == 200, response.text
     return response.json()  # type: ignore[no-any-return]
@@ -240,14 +234,6 @@ def by_group(page: dict[str, Any], *fields: str) -> dict[tuple[Any, ...], dict[s
         assert group not in grouped, f"{group} appears twice in one bucket range"
         grouped[group] = result
     return grouped
-
-
-def assert_error(response: httpx.Response, status: int, param: str | None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["param"] == param, error
-    return error  # type: ignore[no-any-return]
 
 
 def assert_page_shape(page: dict[str, Any], start: int, end: int, width: int) -> None:
@@ -380,12 +366,6 @@ def test_filters(admin: httpx.Client, traffic: Traffic) -> None:
     assert results(page) == []
 
 
-def get_pairs(client: httpx.Client, path: str, params: list[tuple[str, Any]]) -> dict[str, Any]:
-    response = client.get(path, params=params)
-    assert response.status_code == 200, response.text
-    return response.json()  # type: ignore[no-any-return]
-
-
 def test_group_by_brackets_and_ignored_fields(admin: httpx.Client, traffic: Traffic) -> None:
     """``group_by[]`` (the SDKs' spelling) works; project_id and user_id are always null."""
     params = [
@@ -456,7 +436,7 @@ def test_api_key_sees_only_its_own_usage(
 ) -> None:
     """The bootstrap key and a stored key each see their own usage and may not name another."""
     b_id = stored_key[0]
-    with as_client(usage_server, API_KEY) as client:
+    with usage_server.http_for(API_KEY, timeout=60) as client:
         (own,) = results(get(client, COSTS, start_time=traffic.started, group_by="api_key_id"))
         assert own["api_key_id"] == BOOTSTRAP_ID
         expected = traffic.total(key=BOOTSTRAP_ID)
@@ -465,8 +445,8 @@ def test_api_key_sees_only_its_own_usage(
         assert speech["characters"] == sum(map(len, A_TEXTS))
         get(client, SPEECHES, start_time=traffic.started, api_key_ids=BOOTSTRAP_ID)
         refused = client.get(SPEECHES, params={"start_time": traffic.started, "api_key_ids": b_id})
-        assert assert_error(refused, 403, "api_key_ids")["code"] == "permission_denied"
-    with as_client(usage_server, stored_key[1]) as client:
+        assert assert_error_envelope(refused, 403, "api_key_ids")["code"] == "permission_denied"
+    with usage_server.http_for(stored_key[1], timeout=60) as client:
         (translated,) = results(get(client, TRANSLATIONS, start_time=traffic.started))
         assert translated["num_model_requests"] == 1
         page = get(client, TRANSCRIPTIONS, start_time=traffic.started, group_by="api_key_id")
@@ -474,7 +454,7 @@ def test_api_key_sees_only_its_own_usage(
         refused = client.get(
             COSTS, params=[("start_time", traffic.started), ("api_key_ids[]", BOOTSTRAP_ID)]
         )
-        assert_error(refused, 403, "api_key_ids")
+        assert_error_envelope(refused, 403, "api_key_ids")
 
 
 def test_admin_sees_every_key(admin: httpx.Client, traffic: Traffic) -> None:
@@ -485,9 +465,9 @@ def test_admin_sees_every_key(admin: httpx.Client, traffic: Traffic) -> None:
 @pytest.mark.parametrize("path", ENDPOINTS)
 def test_no_key_or_wrong_key_is_401(usage_server: Server, path: str) -> None:
     response = httpx.get(f"{usage_server.base_url}{path}", params={"start_time": 0})
-    assert assert_error(response, 401, None)["code"] == "invalid_api_key"
-    with as_client(usage_server, "sk-not-a-key") as client:
-        assert_error(client.get(path, params={"start_time": 0}), 401, None)
+    assert assert_error_envelope(response, 401, None)["code"] == "invalid_api_key"
+    with usage_server.http_for("sk-not-a-key", timeout=60) as client:
+        assert_error_envelope(client.get(path, params={"start_time": 0}), 401, None)
 
 
 # --- bad parameters -------------------------------------------------------------------------
@@ -520,7 +500,7 @@ BAD_PARAMS = [
 def test_bad_params(
     admin: httpx.Client, path: str, params: dict[str, Any], param: str, code: str
 ) -> None:
-    error = assert_error(admin.get(path, params=params), 400, param)
+    error = assert_error_envelope(admin.get(path, params=params), 400, param)
     assert error["type"] == "invalid_request_error"
     assert error["code"] == code
 
@@ -533,7 +513,7 @@ def test_page_of_another_query_is_refused(admin: httpx.Client) -> None:
         SPEECHES,
         params={"start_time": 1001, "end_time": 1600, "bucket_width": "1m", "page": cursor},
     )
-    assert_error(shifted, 400, "page")
+    assert_error_envelope(shifted, 400, "page")
 
 
 def test_costs_allow_180_daily_buckets(admin: httpx.Client) -> None:
@@ -545,24 +525,13 @@ def test_costs_allow_180_daily_buckets(admin: httpx.Client) -> None:
 # --- voxgate usage (the CLI) ----------------------------------------------------------------
 
 
-def usage_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "VOXGATE_DATABASE_URL": database_url}
-    return subprocess.run(
-        [sys.executable, "-m", "voxgate", "usage", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def iso(unix: int) -> str:
     return datetime.fromtimestamp(unix, UTC).isoformat()
 
 
 def test_cli_json(db_url: str, traffic: Traffic) -> None:
     period = ("--since", iso(traffic.started), "--until", iso(traffic.finished + 1))
-    result = usage_cli(db_url, *period, "--by", "key,model", "--json")
+    result = voxgate_cli(db_url, "usage", *period, "--by", "key,model", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["group_by"] == ["api_key_id", "model"]
@@ -578,25 +547,25 @@ def test_cli_json(db_url: str, traffic: Traffic) -> None:
     assert report["total"]["requests"] == expected.requests == 7
     assert report["total"]["cost_usd"] == pytest.approx(expected.cost_usd, abs=1e-5)
     b_id = traffic_key_b(traffic)
-    only_b = json.loads(usage_cli(db_url, *period, "--key", b_id, "--json").stdout)
+    only_b = json.loads(voxgate_cli(db_url, "usage", *period, "--key", b_id, "--json").stdout)
     assert [row["api_key_id"] for row in only_b["rows"]] == [b_id]
     assert only_b["total"]["characters"] == len(B_TEXT)
 
 
 def test_cli_table_and_bad_options(db_url: str, traffic: Traffic) -> None:
-    result = usage_cli(db_url, "--days", "1", "--by", "model")
+    result = voxgate_cli(db_url, "usage", "--days", "1", "--by", "model")
     assert result.returncode == 0, result.stderr
     for text in ("tts-1-hd", "whisper-1", "Total", "Requests", "Cost"):
         assert text in result.stdout
-    assert usage_cli(db_url, "--since", "2026-01-01", "--days", "3").returncode == 2
-    assert usage_cli(db_url, "--by", "voice").returncode == 2
-    assert usage_cli(db_url, "--since", "last tuesday").returncode == 2
+    assert voxgate_cli(db_url, "usage", "--since", "2026-01-01", "--days", "3").returncode == 2
+    assert voxgate_cli(db_url, "usage", "--by", "voice").returncode == 2
+    assert voxgate_cli(db_url, "usage", "--since", "last tuesday").returncode == 2
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------
 
 
-def test_postgres(start_server, postgres_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_postgres(start_server: StartServer, postgres_url: str) -> None:
     """The same figures from a server (and the CLI) on PostgreSQL."""
     with start_server(VOXGATE_DATABASE_URL=postgres_url) as server:
         price = prices(server)
@@ -604,8 +573,7 @@ def test_postgres(start_server, postgres_url: str) -> None:  # type: ignore[no-u
         sdk = server.sdk()
         speak(sdk, traffic, price, BOOTSTRAP_ID, model="tts-1", input=A_TEXTS[1])
         listen(sdk, traffic, price, BOOTSTRAP_ID, A_CLIPS[0])
-        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
-        with httpx.Client(base_url=server.base_url, headers=headers, timeout=60) as admin:
+        with server.admin(timeout=60) as admin:
             wait_settled(admin, traffic)
             traffic.finished = int(time.time())
             (heard,) = results(get(admin, TRANSCRIPTIONS, start_time=traffic.started))
@@ -635,7 +603,7 @@ def test_postgres(start_server, postgres_url: str) -> None:  # type: ignore[no-u
             while pages[-1]["has_more"]:
                 pages.append(get(admin, SPEECHES, **query, limit=1, page=pages[-1]["next_page"]))
             assert [bucket for page in pages for bucket in page["data"]] == whole["data"]
-    cli = usage_cli(postgres_url, "--since", iso(traffic.started), "--json")
+    cli = voxgate_cli(postgres_url, "usage", "--since", iso(traffic.started), "--json")
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout)["total"]["requests"] == 2
 
