@@ -210,17 +210,6 @@ class _StrictWire(_Wire):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class ApiKeyCreateRequest(_StrictWire):
-    name: str
-    budget_usd: float | None = None
-    rpm: int | None = None
-    audio_seconds_per_minute: int | None = None
-    characters_per_minute: int | None = None
-    max_concurrency: int | None = None
-    models: list[str] | None = None
-    expires_at: int | str | None = Field(default=None, description="ISO 8601 or Unix seconds")
-
-
 class ApiKeyUpdateRequest(_StrictWire):
     """Only the fields sent change; null clears a budget, limit, allowlist or expiry."""
 
@@ -232,6 +221,12 @@ class ApiKeyUpdateRequest(_StrictWire):
     max_concurrency: int | None = None
     models: list[str] | None = None
     expires_at: int | str | None = Field(default=None, description="ISO 8601 or Unix seconds")
+
+
+class ApiKeyCreateRequest(ApiKeyUpdateRequest):
+    """A new key: a name is required, everything else is optional (unlimited when absent)."""
+
+    name: str
 
 
 class ApiKeyLimits(BaseModel):
