@@ -107,14 +107,7 @@ class Ticket:
             ),
         )
         if not await self.meter.ledger.reserve(self._entry(), estimate):
-            assert key is not None and key.budget_micros is not None
-            stored = await self.meter.keys.get(key.id)
-            held = stored.spent_micros + stored.reserved_micros if stored else 0
-            raise InsufficientQuota(
-                f"You exceeded your current quota: key {key.id} has a budget of "
-                f"${micros_to_usd(key.budget_micros):.6f}, ${micros_to_usd(held):.6f} is spent "
-                f"or held, and this request costs ${micros_to_usd(estimate.cost_micros):.6f}."
-            )
+            raise await self._quota_error(estimate.cost_micros)
         self.reserved = estimate
         if key is None:
             return
@@ -125,6 +118,18 @@ class Ticket:
         else:
             return
         self.rates += await self.meter.limiter.charge(key.id, [limit])
+
+    async def _quota_error(self, cost: int) -> InsufficientQuota:
+        """The refusal, with the key's budget as stored now (it may have changed since auth)."""
+        key_id = self.caller.key_id or ""
+        stored = await self.meter.keys.get(key_id)
+        budget = stored.budget_micros if stored and stored.budget_micros is not None else 0
+        held = stored.spent_micros + stored.reserved_micros if stored else 0
+        return InsufficientQuota(
+            f"You exceeded your current quota: key {key_id} has a budget of "
+            f"${micros_to_usd(budget):.6f}, ${micros_to_usd(held):.6f} is spent or held, "
+            f"and this request costs ${micros_to_usd(cost):.6f}."
+        )
 
     def deliver(
         self, *, audio_until_s: float = 0.0, characters: int = 0, output_s: float = 0.0
