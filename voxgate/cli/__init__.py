@@ -6,16 +6,16 @@ The key and usage commands work on the database directly, with the same settings
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Annotated, Any
 
 import typer
 
+from voxgate.cli.database import on_database
 from voxgate.cli.keys import keys_app
 from voxgate.cli.usage import usage
 from voxgate.settings import Settings
-from voxgate.storage.db import redacted_url
+from voxgate.storage.db import Database, redacted_url
 
 app = typer.Typer(
     help="voxgate: a self-hostable, OpenAI-compatible audio API.", no_args_is_help=True
@@ -55,18 +55,12 @@ def serve(
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database schema (the server also does this when it starts)."""
-    from voxgate.storage.db import Database
-
     settings = Settings()
 
-    async def run() -> None:
-        db = Database(settings.database)
-        try:
-            await db.migrate()
-        finally:
-            await db.close()
+    async def nothing_more(_db: Database) -> None:
+        return None
 
-    asyncio.run(run())
+    on_database(nothing_more, settings)
     typer.echo(f"database is at the latest schema: {redacted_url(settings.database)}")
 
 

@@ -7,7 +7,6 @@ Exit codes: 0 done, 1 no such key, 2 invalid input.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -16,10 +15,10 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from voxgate.catalog import Catalog
+from voxgate.cli.database import on_database
 from voxgate.errors import InvalidRequest
 from voxgate.services.key_admin import create_key, format_time, update_key
 from voxgate.settings import Settings
-from voxgate.storage.db import Database
 from voxgate.storage.keys import ApiKey, KeyStore
 
 T = TypeVar("T")
@@ -80,16 +79,7 @@ def _with_store(work: Callable[[KeyStore, Catalog], Awaitable[T]]) -> T:
     """Run ``work`` against the server's database (migrated first) and its model catalog."""
     settings = Settings()
     catalog = Catalog.load(settings.catalog_file)
-
-    async def run() -> T:
-        db = Database(settings.database)
-        try:
-            await db.migrate()
-            return await work(KeyStore(db), catalog)
-        finally:
-            await db.close()
-
-    return asyncio.run(run())
+    return on_database(lambda db: work(KeyStore(db), catalog), settings)
 
 
 def _fail(message: str, code: int) -> NoReturn:

@@ -7,7 +7,6 @@ file), so it works with no server running, and sums with the same query as the u
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,9 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
+from voxgate.cli.database import on_database
 from voxgate.money import micros_to_usd
-from voxgate.settings import Settings
-from voxgate.storage.db import Database
 from voxgate.storage.reports import Aggregate, GroupField, ReportQuery, Reports
 
 DEFAULT_DAYS = 30
@@ -102,22 +100,13 @@ def usage(
         api_key_ids=[key] if key else [],
         group_by=group_by,
     )
-    aggregates = asyncio.run(_aggregate(Settings().database, query))
+    aggregates = on_database(lambda db: Reports(db).aggregate(query))
     lines = [Line.of([a], key=a.api_key_id, model=a.model) for a in aggregates]
     total = Line.of(aggregates, key=None, model=None)
     if as_json:
         typer.echo(json.dumps(_as_json(start, end, group_by, lines, total), indent=2))
     else:
         _print_table(start, end, group_by, lines, total)
-
-
-async def _aggregate(database_url: str, query: ReportQuery) -> list[Aggregate]:
-    db = Database(database_url)
-    try:
-        await db.migrate()
-        return await Reports(db).aggregate(query)
-    finally:
-        await db.close()
 
 
 def _as_json(
