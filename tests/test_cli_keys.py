@@ -53,12 +53,12 @@ def test_create_use_list_revoke(keyed: Server, db_url: str) -> None:
     """The whole life of a key made while the server runs: it works at once, lists without its
     secret, and once revoked gets 401."""
     key = create_json(
-        db_url, "--name", "cli key", "--budget", "1.5", "--rpm", "100", "--expires", "2031-01-01"
+        db_url, "--name", "cli key", "--budget", "1.5", "--rpm", "100", "--expires", "2099-01-01"
     )
     secret = key["key"]
     assert secret.startswith("sk-vg-") and key["id"].startswith("key_")
     assert (key["name"], key["budget_usd"], key["limits"]["rpm"]) == ("cli key", 1.5, 100)
-    assert key["expires_at"] == 1_924_992_000  # 2031-01-01T00:00:00Z
+    assert key["expires_at"] == 4_070_908_800  # 2099-01-01T00:00:00Z
     assert key["revoked"] is False
 
     assert len(speak(keyed, secret)) > 1000
@@ -67,7 +67,7 @@ def test_create_use_list_revoke(keyed: Server, db_url: str) -> None:
     assert table.returncode == 0, table.stderr
     (line,) = [line for line in table.stdout.splitlines() if key["id"] in line]
     assert "cli key" in line and key["redacted_value"] in line and "$1.50" in line
-    assert "100 req/min" in line and "2031-01-01" in line
+    assert "100 req/min" in line and "2099-01-01" in line
     as_json = voxgate_cli(db_url, "keys", "list", "--json", "--all")
     for output in (table.stdout + table.stderr, as_json.stdout + as_json.stderr):
         assert secret not in output and secret[6:] not in output

@@ -35,6 +35,7 @@ from voxgate.storage.keys import ApiKey, Limits
 
 SHORT_CLIP = "en-librispeech-1089-134691-0000.flac"  # 2.08 s
 MEDIUM_CLIP = "en-librispeech-1089-134691-0001.flac"  # 5.42 s
+FOUR_SECOND_CLIP = "en-fleurs-004.ogg"  # 4.33 s
 SONNET_CLIP = "en-librivox-shakespeare-sonnet001.mp3"  # 53 s, a few seconds to transcribe
 TRANSCRIPT_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 SPEECH_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
@@ -206,33 +207,64 @@ def test_speech_is_metered_by_input_characters_in_every_format_and_over_sse(
 # --- per-key limits and their headers ------------------------------------------------------------
 
 
+# Buckets drain continuously (limit/60 per second), so a test that fills one and then expects a
+# refusal depends on time: the refusal comes only while the bucket has not drained enough. These
+# tests send the requests that must be charged together at the same time (charges happen at
+# admission, before the engines run) and size the bucket so that the refusal holds for most of a
+# minute after the first charge. None of them waits for a request before sending the next.
+
+
+def at_once(calls: list[Any]) -> list[Any]:
+    """Run the zero-argument ``calls`` concurrently; their results (or raised API errors)."""
+
+    def attempt(call: Any) -> Any:
+        try:
+            return call()
+        except openai.APIStatusError as error:
+            return error
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(attempt, calls))
+
+
 def test_requests_per_minute_limit_sets_headers_and_refuses_with_retry_after(
     gateway: Gateway,
 ) -> None:
-    """rpm=3: three requests carry x-ratelimit-*-requests (remaining 2, 1, 0; reset growing,
-    at most a minute); the fourth is 429 rate_limit_exceeded with an integer Retry-After."""
+    """rpm=3 and four requests at once: three carry x-ratelimit-*-requests (remaining 2, 1, 0;
+    reset growing, at most a minute); the fourth is 429 rate_limit_exceeded with an integer
+    Retry-After. (The fourth is refused as long as all four are charged within 20 s.)"""
     _, secret = gateway.key(limits=Limits(rpm=3))
     sdk = gateway.server.sdk_for(secret)
-    remaining, resets = [], []
-    for _ in range(3):
-        raw = sdk.audio.speech.with_raw_response.create(
+
+    def one() -> Any:
+        return sdk.audio.speech.with_raw_response.create(
             model="espeak-ng", voice="en-us", input="One."
         )
+
+    outcomes = at_once([one] * 4)
+    served = [o for o in outcomes if not isinstance(o, openai.APIStatusError)]
+    refused = [o for o in outcomes if isinstance(o, openai.APIStatusError)]
+    assert len(served) == 3 and len(refused) == 1, outcomes
+    for raw in served:
         assert raw.headers["x-ratelimit-limit-requests"] == "3"
-        remaining.append(int(raw.headers["x-ratelimit-remaining-requests"]))
-        resets.append(go_duration_s(raw.headers["x-ratelimit-reset-requests"]))
+    by_level = sorted(
+        served, key=lambda raw: int(raw.headers["x-ratelimit-remaining-requests"]), reverse=True
+    )
+    remaining = [int(raw.headers["x-ratelimit-remaining-requests"]) for raw in by_level]
+    resets = [go_duration_s(raw.headers["x-ratelimit-reset-requests"]) for raw in by_level]
     assert remaining == [2, 1, 0]
     assert 0 < resets[0] < resets[1] < resets[2] <= 60
-    with pytest.raises(openai.RateLimitError) as refused:
-        sdk.audio.speech.create(model="espeak-ng", voice="en-us", input="Four.")
-    assert refused.value.code == "rate_limit_exceeded"
-    assert refused.value.type == "requests"
-    assert 1 <= retry_after_s(refused.value) <= 20  # one request drains in 60/3 s
+    (error,) = refused
+    assert isinstance(error, openai.RateLimitError)
+    assert error.code == "rate_limit_exceeded"
+    assert error.type == "requests"
+    assert 1 <= retry_after_s(error) <= 20  # one request drains in 60/3 s
 
 
 def test_audio_seconds_per_minute_limit(gateway: Gateway) -> None:
-    """5 audio-seconds/min: a 5.4 s clip can never fit (429, no Retry-After); 2.08 s clips fit
-    and report x-ratelimit-*-audio-seconds until the bucket is full, then 429 with Retry-After."""
+    """5 audio-seconds/min: a 5.4 s clip can never fit (429, no Retry-After); of two 4.3 s clips
+    sent at once one fits and reports x-ratelimit-*-audio-seconds, the other is 429 with
+    Retry-After. (It is refused as long as both are charged within 44 s of each other.)"""
     _, secret = gateway.key(limits=Limits(audio_seconds_per_minute=5))
     sdk = gateway.server.sdk_for(secret)
     with pytest.raises(openai.RateLimitError) as never:
@@ -242,24 +274,29 @@ def test_audio_seconds_per_minute_limit(gateway: Gateway) -> None:
     assert never.value.code == "rate_limit_exceeded"
     assert "retry-after" not in never.value.response.headers
 
-    short = (SHORT_CLIP, audio_path(SHORT_CLIP).read_bytes())
-    remaining = []
-    for _ in range(2):
-        raw = sdk.audio.transcriptions.with_raw_response.create(model="whisper-1", file=short)
-        assert raw.headers["x-ratelimit-limit-audio-seconds"] == "5"
-        assert 0 < go_duration_s(raw.headers["x-ratelimit-reset-audio-seconds"]) <= 60
-        remaining.append(int(raw.headers["x-ratelimit-remaining-audio-seconds"]))
-    assert remaining[0] == 2  # floor(5 - 2.08)
-    assert remaining[1] < remaining[0]
-    with pytest.raises(openai.RateLimitError) as full:
-        sdk.audio.transcriptions.create(model="whisper-1", file=short)
-    assert full.value.code == "rate_limit_exceeded"
-    assert 1 <= retry_after_s(full.value) <= math.ceil(60 * 2.08 / 5)
+    clip = (FOUR_SECOND_CLIP, audio_path(FOUR_SECOND_CLIP).read_bytes())
+
+    def one() -> Any:
+        return sdk.audio.transcriptions.with_raw_response.create(model="whisper-1", file=clip)
+
+    outcomes = at_once([one] * 2)
+    served = [o for o in outcomes if not isinstance(o, openai.APIStatusError)]
+    refused = [o for o in outcomes if isinstance(o, openai.APIStatusError)]
+    assert len(served) == 1 and len(refused) == 1, outcomes
+    (raw,) = served
+    assert raw.headers["x-ratelimit-limit-audio-seconds"] == "5"
+    assert raw.headers["x-ratelimit-remaining-audio-seconds"] == "0"  # floor(5 - 4.33)
+    assert 0 < go_duration_s(raw.headers["x-ratelimit-reset-audio-seconds"]) <= 60
+    (full,) = refused
+    assert isinstance(full, openai.RateLimitError)
+    assert full.code == "rate_limit_exceeded"
+    assert 1 <= retry_after_s(full) <= math.ceil(60 * 4.33 / 5)
 
 
 def test_characters_per_minute_limit(gateway: Gateway) -> None:
-    """100 characters/min: 101 characters never fit (429, no Retry-After); 40-character
-    requests fit and report x-ratelimit-*-characters until the third, refused with Retry-After."""
+    """100 characters/min: 101 characters never fit (429, no Retry-After); of two 90-character
+    requests sent at once one fits and reports x-ratelimit-*-characters (10 left), the other is
+    refused with Retry-After. (It is refused as long as both are charged within 48 s.)"""
     _, secret = gateway.key(limits=Limits(characters_per_minute=100))
     sdk = gateway.server.sdk_for(secret)
     with pytest.raises(openai.RateLimitError) as never:
@@ -267,22 +304,26 @@ def test_characters_per_minute_limit(gateway: Gateway) -> None:
     assert never.value.code == "rate_limit_exceeded"
     assert "retry-after" not in never.value.response.headers
 
-    text = "Forty characters of text to be spoken..."
-    assert len(text) == 40
-    remaining = []
-    for _ in range(2):
-        raw = sdk.audio.speech.with_raw_response.create(
+    text = "A sentence of thirty letters, " * 2 + "and a last one of thirty here."
+    assert len(text) == 90
+
+    def one() -> Any:
+        return sdk.audio.speech.with_raw_response.create(
             model="espeak-ng", voice="en-us", input=text
         )
-        assert raw.headers["x-ratelimit-limit-characters"] == "100"
-        assert 0 < go_duration_s(raw.headers["x-ratelimit-reset-characters"]) <= 60
-        remaining.append(int(raw.headers["x-ratelimit-remaining-characters"]))
-    assert remaining[0] == 60
-    assert 20 <= remaining[1] < 60
-    with pytest.raises(openai.RateLimitError) as full:
-        sdk.audio.speech.create(model="espeak-ng", voice="en-us", input=text)
-    assert full.value.code == "rate_limit_exceeded"
-    assert 1 <= retry_after_s(full.value) <= math.ceil(60 * 40 / 100)
+
+    outcomes = at_once([one] * 2)
+    served = [o for o in outcomes if not isinstance(o, openai.APIStatusError)]
+    refused = [o for o in outcomes if isinstance(o, openai.APIStatusError)]
+    assert len(served) == 1 and len(refused) == 1, outcomes
+    (raw,) = served
+    assert raw.headers["x-ratelimit-limit-characters"] == "100"
+    assert raw.headers["x-ratelimit-remaining-characters"] == "10"
+    assert 0 < go_duration_s(raw.headers["x-ratelimit-reset-characters"]) <= 60
+    (full,) = refused
+    assert isinstance(full, openai.RateLimitError)
+    assert full.code == "rate_limit_exceeded"
+    assert 1 <= retry_after_s(full) <= math.ceil(60 * 90 / 100)
 
 
 def test_max_concurrency_refuses_a_second_request_while_one_runs(gateway: Gateway) -> None:
@@ -301,7 +342,7 @@ def test_max_concurrency_refuses_a_second_request_while_one_runs(gateway: Gatewa
         )
         with pytest.raises(openai.RateLimitError) as refused:
             sdk.audio.speech.create(model="espeak-ng", voice="en-us", input="Me too.")
-        first = running.result(timeout=120)
+        first = running.result(timeout=600)  # a guard against a hang, not a speed claim
     assert refused.value.code == "concurrency_limit_exceeded"
     assert retry_after_s(refused.value) == 1
     assert first.status_code == 200

@@ -233,7 +233,7 @@ def whisper_load(server: Server) -> dict[str, int]:
     return engines["faster-whisper"]  # type: ignore[no-any-return]
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 60) -> None:
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 300) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"

@@ -97,22 +97,24 @@ def sdk_call(client: openai.OpenAI, text: str) -> Outcome:
 
 class TestTwoReplicas:
     def test_requests_per_minute_are_one_limit_for_both_replicas(self, cluster: Cluster) -> None:
-        """rpm=10 and 20 concurrent requests alternating between the replicas: exactly 10
-        succeed, the other 10 are 429 rate_limit_exceeded with Retry-After, one row each."""
-        key, secret = cluster.key(limits=Limits(rpm=10))
+        """rpm=2 and 6 concurrent requests alternating between the replicas: exactly 2
+        succeed (not 2 per replica), the other 4 are 429 rate_limit_exceeded with Retry-After,
+        one row each. (Exact as long as all are charged within 30 s: a bucket drains one
+        request per 60/rpm s, so a higher rpm would make the count depend on machine speed.)"""
+        key, secret = cluster.key(limits=Limits(rpm=2))
         clients = [server.sdk_for(secret) for server in cluster.servers]
-        with ThreadPoolExecutor(20) as pool:
-            outcomes = list(pool.map(lambda i: sdk_call(clients[i % 2], "Shared."), range(20)))
+        with ThreadPoolExecutor(6) as pool:
+            outcomes = list(pool.map(lambda i: sdk_call(clients[i % 2], "Shared."), range(6)))
         ok = [o for o in outcomes if o.status == 200]
         refused = [o for o in outcomes if o.status != 200]
-        assert len(ok) == 10, outcomes
+        assert len(ok) == 2, outcomes
         for outcome in refused:
             assert (outcome.status, outcome.code) == (429, "rate_limit_exceeded"), outcome
             assert outcome.retry_after is not None
-            assert 1 <= int(outcome.retry_after) <= 6  # one request drains in 60/10 s
+            assert 1 <= int(outcome.retry_after) <= 30  # one request drains in 60/2 s
         rows = cluster.ledger.settled(o.request_id for o in outcomes)
-        assert len(cluster.ledger.rows(key.id)) == 20
-        assert Counter(row["status"] for row in rows.values()) == {"succeeded": 10, "rejected": 10}
+        assert len(cluster.ledger.rows(key.id)) == 6
+        assert Counter(row["status"] for row in rows.values()) == {"succeeded": 2, "rejected": 4}
 
     def test_budget_is_one_budget_for_both_replicas(self, cluster: Cluster) -> None:
         """A budget of exactly 4 requests and 12 parallel requests over both replicas: exactly
