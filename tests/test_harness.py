@@ -55,7 +55,7 @@ def test_missing_audio_stops_the_run_at_once_with_one_line(tmp_path: Path) -> No
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # a guard against a hang: importing everything on a busy machine is slow
     )
     assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.stdout + run.stderr
     lines = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
