@@ -77,10 +77,11 @@ def raw_request(server: Server, head: str, body_start: bytes) -> RawResponse:
     """Send a request head and only the start of its body on a raw socket; read the answer.
 
     The rest of the body is never sent, so a server that waited for it would never answer:
-    the socket timeout turns that into a test failure instead of a hang.
+    the socket timeout turns that into a test failure instead of a hang. (Generous: a busy
+    machine must not pass for a server that waits.)
     """
     host, port = server.base_url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
+    with socket.create_connection((host, int(port)), timeout=120) as sock:
         sock.sendall(head.encode() + body_start)
         response = http.client.HTTPResponse(sock)
         response.begin()
