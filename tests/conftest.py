@@ -36,7 +36,7 @@ from voxgate.storage.tables import ApiKeyRow, UsageRow
 REPO = Path(__file__).resolve().parent.parent
 AUDIO_DIR = Path(os.environ.get("VOXGATE_TEST_AUDIO", REPO.parent / "shared" / "audio"))
 API_KEY = "sk-voxgate-test-key"
-ADMIN_KEY = "sk-voxgate-admin-test-key"
+ADMIN_KEY = "sk-voxgate-admin-test-key-0123456789abcdef"
 # PostgreSQL and Redis for the scale-out tests: each test gets its own database and Redis db.
 POSTGRES_URL = os.environ.get("VOXGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("VOXGATE_TEST_REDIS", "redis://127.0.0.1:6379/9")
