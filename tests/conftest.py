@@ -41,7 +41,7 @@ from voxgate.storage.tables import ApiKeyRow, UsageRow
 REPO = Path(__file__).resolve().parent.parent
 AUDIO_DIR = Path(os.environ.get("VOXGATE_TEST_AUDIO", REPO / "tests" / "data" / "audio"))
 API_KEY = "sk-voxgate-test-key"
-ADMIN_KEY = "sk-voxgate-admin-test-key"
+ADMIN_KEY = "sk-voxgate-admin-test-key-0123456789abcdef"
 # PostgreSQL and Redis for the scale-out tests: each test gets its own database and Redis db.
 # These are the configured servers; SERVICES falls back to stand-ins when they don't answer.
 POSTGRES_URL = os.environ.get("VOXGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")

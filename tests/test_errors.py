@@ -9,6 +9,7 @@ may ever produce a 500.
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import av
@@ -132,6 +133,31 @@ SPEECH_CASES = [
     pytest.param(
         {**SPEECH, "model": "tts-9000"}, 404, "model_not_found", "model", id="unknown-model"
     ),
+    # Control characters, NUL and lone surrogates: refused before any engine sees them (Piper
+    # raised "embedded null character" → 500; eSpeak stopped reading at a NUL).
+    pytest.param({**SPEECH, "input": "\u0000"}, 400, INVALID, "input", id="nul-only"),
+    pytest.param(
+        {**SPEECH, "input": "Hello. World\u0000."}, 400, INVALID, "input", id="nul-inside"
+    ),
+    pytest.param(
+        {**SPEECH, "model": "espeak-ng", "voice": "de", "input": "Guten\u0000 Tag."},
+        400,
+        INVALID,
+        "input",
+        id="nul-espeak",
+    ),
+    pytest.param({**SPEECH, "input": "bell\u0007"}, 400, INVALID, "input", id="control-bel"),
+    pytest.param({**SPEECH, "input": "c1\u0085"}, 400, INVALID, "input", id="control-c1"),
+    pytest.param({**SPEECH, "input": "x\ud800y"}, 400, INVALID, "input", id="lone-surrogate"),
+    pytest.param(
+        {**SPEECH, "instructions": "calm\u0000"}, 400, INVALID, "instructions", id="nul-instr"
+    ),
+    pytest.param({**SPEECH, "voice": "alloy\u0000"}, 400, INVALID, "voice", id="nul-voice"),
+    pytest.param({**SPEECH, "voice": {"id": "v\u001b"}}, 400, INVALID, "voice", id="esc-voice-id"),
+    pytest.param({**SPEECH, "model": "tts-1\u0000"}, 400, INVALID, "model", id="nul-model"),
+    # Strict types, as OpenAI's spec says "number": no boolean or numeric string as a speed.
+    pytest.param({**SPEECH, "speed": True}, 400, INVALID, "speed", id="speed-true"),
+    pytest.param({**SPEECH, "speed": "2"}, 400, INVALID, "speed", id="speed-string"),
 ]
 
 
@@ -140,10 +166,18 @@ def test_speech_bad_input_http(
     http: httpx.Client, body: dict[str, Any], status: int, code: str, param: str
 ) -> None:
     """Each invalid speech request: the right status, code and param on the wire."""
-    assert_error(http.post("/v1/audio/speech", json=body), status, code, param)
+    content = json.dumps(body).encode()  # ASCII with escapes: "\ud800" survives as sent
+    response = http.post(
+        "/v1/audio/speech", content=content, headers={"content-type": "application/json"}
+    )
+    assert_error(response, status, code, param)
 
 
-SDK_SPEECH_CASES = [case for case in SPEECH_CASES if not str(case.id).startswith("missing-")]
+SDK_SPEECH_CASES = [
+    case
+    for case in SPEECH_CASES
+    if not str(case.id).startswith("missing-") and case.id != "lone-surrogate"  # not encodable
+]
 
 
 @pytest.mark.parametrize(("body", "status", "code", "param"), SDK_SPEECH_CASES)
@@ -162,8 +196,13 @@ def test_speech_bad_input_sdk(
 
 @pytest.mark.parametrize(
     "content",
-    [b'{"model": "tts-1", "input": "Hi", ', b"not json at all", b""],
-    ids=["truncated", "not-json", "empty"],
+    [
+        b'{"model": "tts-1", "input": "Hi", ',
+        b"not json at all",
+        b"",
+        b'{"model": "tts-1", "voice": "alloy", "input": "\xff\xfe caf\xe9"}',
+    ],
+    ids=["truncated", "not-json", "empty", "invalid-utf8"],
 )
 def test_speech_malformed_json(http: httpx.Client, content: bytes) -> None:
     """A body that is not JSON is a 400 naming no field (not a 422, not a 500)."""
@@ -223,6 +262,13 @@ FORM_CASES = [
     pytest.param(
         {"model": W, "colour": "blue"}, 400, "unknown_parameter", "colour", id="unknown-field"
     ),
+    pytest.param({"model": W, "prompt": "a\u0000b"}, 400, INVALID, "prompt", id="nul-prompt"),
+    pytest.param({"model": W, "prompt": "\u001b[2J"}, 400, INVALID, "prompt", id="esc-prompt"),
+    pytest.param({"model": W, "language": "en\u0000"}, 400, INVALID, "language", id="nul-lang"),
+    pytest.param({"model": "whisper-1\u0007"}, 400, INVALID, "model", id="bel-model"),
+    pytest.param(
+        {"model": W, "prompt": "word " * 1000}, 400, INVALID, "prompt", id="prompt-too-long"
+    ),
 ]
 
 
@@ -278,6 +324,30 @@ SDK_FORM_CASES = [
         id="logprobs-with-text",
     ),
 ]
+
+
+@pytest.mark.parametrize("field", ["prompt", "language", "model"])
+def test_form_field_with_invalid_utf8(http: httpx.Client, short_clip: bytes, field: str) -> None:
+    """A form field whose bytes are not UTF-8 (here a lone continuation byte) is refused."""
+    fields = {"model": "whisper-1", field: "\x80abc"}
+    body, content_type = _multipart(fields, short_clip, raw=field)
+    response = http.post(
+        "/v1/audio/transcriptions", content=body, headers={"content-type": content_type}
+    )
+    assert_error(response, 400, INVALID, field)
+
+
+def _multipart(fields: dict[str, str], clip: bytes, raw: str) -> tuple[bytes, str]:
+    """A multipart body built by hand, so field ``raw`` carries its bytes as latin-1 encodes
+    them (httpx would encode it as UTF-8)."""
+    parts = []
+    for name, value in fields.items():
+        data = value.encode("latin-1" if name == raw else "utf-8")
+        head = f'--xyz\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+        parts.append(head + data + b"\r\n")
+    head = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="c.flac"\r\n\r\n'
+    parts.append(head + clip + b"\r\n--xyz--\r\n")
+    return b"".join(parts), "multipart/form-data; boundary=xyz"
 
 
 @pytest.mark.parametrize(("options", "cls", "status", "code", "param"), SDK_FORM_CASES)

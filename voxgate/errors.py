@@ -8,6 +8,7 @@
     ├── PermissionDenied        403 invalid_request_error / permission_denied
     ├── NotFound                404 invalid_request_error / not_found
     │   └── ModelNotFound       404 invalid_request_error / model_not_found
+    ├── RequestTimeout          408 invalid_request_error / request_timeout
     ├── PayloadTooLarge         413 invalid_request_error / payload_too_large
     ├── RateLimited             429 requests / rate_limit_exceeded        (retryable)
     ├── InsufficientQuota       429 insufficient_quota / insufficient_quota (do not retry)
@@ -76,6 +77,13 @@ class NotFound(VoxgateError):
 
 class ModelNotFound(NotFound):
     code = "model_not_found"
+
+
+class RequestTimeout(VoxgateError):
+    """The request body arrived too slowly (or stalled); the connection is closed after this."""
+
+    status_code = 408
+    code = "request_timeout"
 
 
 class PayloadTooLarge(VoxgateError):

@@ -7,15 +7,37 @@ this module.
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from voxgate.audio import SpeechFormat
 
 TranscriptFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
 TimestampGranularity = Literal["word", "segment"]
 TranscriptionInclude = Literal["logprobs"]
+
+
+#: C0 and C1 control characters except tab, LF and CR; DEL; unpaired UTF-16 surrogates (JSON
+#: can carry "\ud800", Python strings can hold it, no engine or database can use it).
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+MAX_PROMPT_CHARS = 4096  # Whisper reads only the last ~224 tokens of it anyway
+
+
+def _printable(value: str) -> str:
+    """Refuse what engines choke on (Piper: "embedded null character" → 500; eSpeak stops
+    reading at a NUL) before any work is done, for every text field of every request."""
+    if found := _UNPRINTABLE.search(value):
+        raise ValueError(
+            f"must not contain control characters, NUL or unpaired surrogates "
+            f"(U+{ord(found.group()):04X} at position {found.start()})"
+        )
+    return value
+
+
+Text = Annotated[str, AfterValidator(_printable)]
+"""A string field of a request: any Unicode text but control characters (tab, CR, LF kept)."""
 
 
 class _Wire(BaseModel):
@@ -26,31 +48,32 @@ class _Wire(BaseModel):
 
 
 class CustomVoice(_Wire):
-    id: str
+    id: Text
 
 
 class SpeechRequest(_Wire):
-    model: str = Field(min_length=1)
-    input: str = Field(min_length=1, max_length=4096)
-    voice: str | CustomVoice
-    instructions: str | None = Field(default=None, max_length=4096)
+    model: Text = Field(min_length=1)
+    input: Text = Field(min_length=1, max_length=4096)
+    voice: Text | CustomVoice
+    instructions: Text | None = Field(default=None, max_length=4096)
     response_format: SpeechFormat = "mp3"
-    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    # Strict, as OpenAI's spec says "number": no `true` as 1.0, no "2" as 2.0.
+    speed: float = Field(default=1.0, ge=0.25, le=4.0, strict=True)
     stream_format: Literal["audio", "sse"] = "audio"
 
 
 class TranscriptionForm(_Wire):
     """The non-file fields of a transcription or translation form, validated."""
 
-    model: str = Field(min_length=1)
-    language: str | None = None
-    prompt: str | None = None
+    model: Text = Field(min_length=1)
+    language: Text | None = None
+    prompt: Text | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     response_format: TranscriptFormat = "json"
     temperature: float = Field(default=0.0, ge=0.0, le=1.0)
     timestamp_granularities: list[TimestampGranularity] = ["segment"]
     include: list[TranscriptionInclude] = []
     stream: bool = False
-    chunking_strategy: str | dict[str, str] | None = None
+    chunking_strategy: Text | dict[Text, Text] | None = None
 
 
 # --- responses ------------------------------------------------------------------------------
@@ -213,20 +236,20 @@ class _StrictWire(_Wire):
 class ApiKeyUpdateRequest(_StrictWire):
     """Only the fields sent change; null clears a budget, limit, allowlist or expiry."""
 
-    name: str | None = None
+    name: Text | None = None
     budget_usd: float | None = None
     rpm: int | None = None
     audio_seconds_per_minute: int | None = None
     characters_per_minute: int | None = None
     max_concurrency: int | None = None
-    models: list[str] | None = None
-    expires_at: int | str | None = Field(default=None, description="ISO 8601 or Unix seconds")
+    models: list[Text] | None = None
+    expires_at: int | Text | None = Field(default=None, description="ISO 8601 or Unix seconds")
 
 
 class ApiKeyCreateRequest(ApiKeyUpdateRequest):
     """A new key: a name is required, everything else is optional (unlimited when absent)."""
 
-    name: str
+    name: Text
 
 
 class ApiKeyLimits(BaseModel):

@@ -8,12 +8,13 @@ configuration table is written from it.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -41,12 +42,23 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
     """Where assembled models and the default SQLite database live. Must be writable."""
 
-    api_keys: Annotated[list[str], NoDecode] = []
-    """Comma-separated bootstrap bearer keys: unlimited, never expire. With neither these nor any
-    key in the database, /v1/* is open (a warning is logged)."""
+    api_keys: Annotated[list[SecretStr], NoDecode] = []
+    """Comma-separated bootstrap bearer keys: unlimited, never expire, never stored."""
 
-    admin_key: str | None = None
-    """Bearer key for /admin/* and the organization usage and costs API. Unset: those are off."""
+    admin_key: SecretStr | None = None
+    """Bearer key for /admin/* and the organization usage and costs API. Unset: those are off.
+    `voxgate serve` refuses one shorter than 32 characters or a known placeholder."""
+
+    auth: Literal["keys", "off"] = "keys"
+    """`keys`: every /v1 request needs a valid key (401 until one exists). `off`: /v1 is open and
+    every request is anonymous (no budget, no limits); refused on a non-loopback bind unless
+    `allow_open_bind` is set. Never switched by creating, revoking or expiring keys."""
+
+    allow_open_bind: bool = False
+    """Let `auth=off` serve on a non-loopback interface. Only for a network you trust."""
+
+    cors_origins: Annotated[list[str], NoDecode] = []
+    """Comma-separated browser origins allowed by CORS (`*` for any). Empty: CORS is off."""
 
     database_url: str | None = None
     """SQLAlchemy URL of the key and usage database. Unset: SQLite at `DATA_DIR/voxgate.db`.
@@ -65,6 +77,18 @@ class Settings(BaseSettings):
 
     max_upload_mb: float = Field(default=25.0, gt=0)
     """Largest accepted upload body for transcriptions and translations, in MiB."""
+
+    max_json_kb: int = Field(default=1024, gt=0)
+    """Largest accepted body of any other request (JSON), in KiB: 413 before it is read whole."""
+
+    body_idle_timeout_s: float = Field(default=30.0, gt=0)
+    """A request body that sends nothing for this long is cut with 408 (slow-client defence)."""
+
+    body_timeout_s: float = Field(default=120.0, gt=0)
+    """A request body still arriving after this long is cut with 408, however it trickles."""
+
+    header_timeout_s: float = Field(default=30.0, gt=0)
+    """A connection whose request line and headers are not complete after this long is closed."""
 
     whisper_compute_type: Literal["int8", "int8_float32", "float32"] = "int8"
     """CTranslate2 compute type for Whisper. int8 halves memory at equal accuracy here."""
@@ -88,12 +112,24 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the server."""
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
+
+    @property
+    def bootstrap_secrets(self) -> list[str]:
+        return [key.get_secret_value() for key in self.api_keys]
+
+    @property
+    def admin_secret(self) -> str | None:
+        return self.admin_key.get_secret_value() if self.admin_key else None
+
+    @property
+    def max_json_bytes(self) -> int:
+        return self.max_json_kb * 1024
 
     @property
     def max_upload_bytes(self) -> int:
@@ -125,3 +161,47 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
+
+
+MIN_ADMIN_KEY_CHARS = 32
+#: Admin keys copied from examples or guessed first; refused whatever their length.
+PLACEHOLDER_SECRETS = frozenset(
+    {"change-me", "changeme", "change_me", "admin", "secret", "password", "test", "example"}
+)
+
+
+def serve_refusal(settings: Settings) -> str | None:
+    """Why ``voxgate serve`` must not start with these settings (one line), or None.
+
+    Checked at start-up rather than on load, so ``voxgate keys`` still works to repair them.
+    """
+    admin = settings.admin_secret
+    if admin is not None:
+        if admin.strip().lower() in PLACEHOLDER_SECRETS or _is_placeholder(admin):
+            return "VOXGATE_ADMIN_KEY is a placeholder; generate one: openssl rand -hex 32"
+        if len(admin) < MIN_ADMIN_KEY_CHARS:
+            return (
+                f"VOXGATE_ADMIN_KEY is shorter than {MIN_ADMIN_KEY_CHARS} characters; "
+                "generate one: openssl rand -hex 32"
+            )
+    if settings.auth == "off" and not is_loopback(settings.host) and not settings.allow_open_bind:
+        return (
+            f"VOXGATE_AUTH=off on {settings.host} would open /v1 to the network; bind 127.0.0.1 "
+            "or set VOXGATE_ALLOW_OPEN_BIND=true"
+        )
+    return None
+
+
+def _is_placeholder(secret: str) -> bool:
+    """``change-me`` repeated or padded (``change-me-change-me-…``) is still a placeholder."""
+    words = {word for word in secret.lower().replace("_", "-").split("-") if word}
+    return bool(words) and words <= {"change", "me", "changeme", "admin", "secret", "password"}
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -77,8 +77,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def validation_response(request: Request, errors: Sequence[Any]) -> JSONResponse:
     """A pydantic validation failure as a 400 naming the first offending field."""
-    first: dict[str, Any] = errors[0] if errors else {"msg": "Invalid request"}
-    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query")]
+    first = _most_telling(errors)
+    location = [str(part) for part in first.get("loc", ()) if _is_field(part)]
     param = location[0] if location else None
     if first.get("type") == "json_invalid" or param is None:
         # Not JSON (the location is a character offset), missing, or not an object: no field.
@@ -93,6 +93,37 @@ def validation_response(request: Request, errors: Sequence[Any]) -> JSONResponse
         message = f"Unrecognized request argument supplied: '{param}'."
         code = "unknown_parameter"
     else:
-        message = f"Invalid value for '{'.'.join(location)}': {first.get('msg')}."
+        reason = str(first.get("msg", "")).removeprefix("Value error, ")
+        message = f"Invalid value for '{'.'.join(location)}': {reason}."
         code = "invalid_value"
     return _envelope(request, 400, message, param=param, code=code)
+
+
+_TYPE_MISMATCHES = {"string_type", "model_type", "dict_type", "model_attributes_type"}
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _most_telling(errors: Sequence[Any]) -> dict[str, Any]:
+    """The first error, or for a union field (``voice``: a name or ``{"id"}``) the branch's error
+    that says what is wrong with the value rather than that it is not the other branch's type."""
+    if not errors:
+        return {"msg": "Invalid request"}
+    first: dict[str, Any] = errors[0]
+    field = [part for part in first.get("loc", ()) if _is_field(part)][:1]
+    for error in errors:
+        same = [part for part in error.get("loc", ()) if _is_field(part)][:1] == field
+        if same and error.get("type") not in _TYPE_MISMATCHES:
+            return error  # type: ignore[no-any-return]
+    return first
+
+
+def _is_field(part: object) -> bool:
+    """Whether a pydantic location part names a field (not ``body`` or a union branch tag)."""
+    if not isinstance(part, str):
+        return isinstance(part, int)
+    return (
+        part not in ("body", "query")
+        and part not in _TYPE_TAGS
+        and "[" not in part
+        and not part[:1].isupper()
+    )

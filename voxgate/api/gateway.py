@@ -1,7 +1,11 @@
 """Authentication and metering around every protected request (pure ASGI, streams untouched).
 
 Auth runs before any body is read, so a caller without a valid key gets 401 whatever it sends.
-On the audio endpoints the request is admitted (concurrency slot, requests per minute) before
+Only ``POST`` to an audio endpoint's exact path is metered: a wrong method (405), a trailing
+slash or any other unknown path (404) costs nothing, writes no ledger row and uses no
+requests-per-minute allowance. The admin key is refused on /v1 outside /v1/organization, so it
+can never be served as an anonymous, unmetered caller. On the audio endpoints the request is
+admitted (concurrency slot, requests per minute) before
 its upload is read, the ``x-ratelimit-*`` headers are added to the response, and the request's
 ticket is finished after the last byte was sent, the client left, or the handler failed.
 """
@@ -28,12 +32,14 @@ class GatewayMiddleware:
         self.services = services
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "").rstrip("/")
+        path = scope.get("path", "")
         if scope["type"] != "http" or not path.startswith(("/v1/", "/admin")):
             await self.app(scope, receive, send)
             return
         request = Request(scope)
-        endpoint = _METERED.get(path)
+        # Exact path and method only: the app serves no redirects, so nothing else can reach
+        # an audio handler.
+        endpoint = _METERED.get(path) if scope["method"] == "POST" else None
         try:
             caller = await self._authorize(request, path)
             scope["state"]["caller"] = caller
@@ -58,6 +64,11 @@ class GatewayMiddleware:
             if self.services.settings.admin_key is None:
                 raise PermissionDenied("The admin API is off: set VOXGATE_ADMIN_KEY to use it.")
             raise AuthenticationFailed("The admin API needs the admin key (VOXGATE_ADMIN_KEY).")
+        if caller.admin and path.startswith("/v1/") and not path.startswith("/v1/organization/"):
+            raise PermissionDenied(
+                "The admin key (VOXGATE_ADMIN_KEY) is only for /admin and /v1/organization; "
+                "call /v1/audio and /v1/models with an API key (create one under /admin/keys)."
+            )
         if path.startswith("/v1/organization/") and not (caller.admin or caller.key):
             raise AuthenticationFailed(
                 "Usage and costs need the admin key, or an API key to see its own usage."

@@ -80,10 +80,24 @@ class UsageParams:
     page: str | None
 
 
+MAX_FILTER_VALUES = 100  # per list parameter: a query is never an unbounded IN (…)
+MAX_VALUE_CHARS = 200  # the width of the longest column filtered on
+
+
 def _array(request: Request, declared: list[str] | None, name: str) -> list[str]:
-    """``name=a&name=b`` and ``name[]=a`` (the openai SDKs' spelling) alike."""
+    """``name=a&name=b`` and ``name[]=a`` (the openai SDKs' spelling) alike, bounded in count
+    and length (400 beyond)."""
     values = [*(declared or []), *request.query_params.getlist(f"{name}[]")]
-    return [value for value in values if value]
+    values = [value for value in values if value]
+    if len(values) > MAX_FILTER_VALUES:
+        raise InvalidRequest(
+            f"'{name}' takes at most {MAX_FILTER_VALUES} values, got {len(values)}.", param=name
+        )
+    if any(len(value) > MAX_VALUE_CHARS for value in values):
+        raise InvalidRequest(
+            f"Each '{name}' value is at most {MAX_VALUE_CHARS} characters.", param=name
+        )
+    return values
 
 
 def usage_params(

@@ -32,7 +32,9 @@ def serve(
     """Start the API server."""
     import uvicorn
 
+    from voxgate.api.protocol import header_timeout_protocol
     from voxgate.app import create_app
+    from voxgate.settings import serve_refusal
 
     overrides: dict[str, Any] = {}
     if host is not None:
@@ -40,6 +42,9 @@ def serve(
     if port is not None:
         overrides["port"] = port
     settings = Settings(**overrides)
+    if refusal := serve_refusal(settings):
+        typer.echo(f"voxgate: refusing to start: {refusal}", err=True)
+        raise typer.Exit(2)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -49,6 +54,7 @@ def serve(
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
+        http=header_timeout_protocol(settings.header_timeout_s),
     )
 
 

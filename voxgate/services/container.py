@@ -55,7 +55,9 @@ class Services:
             db=db,
             keys=keys,
             ledger=ledger,
-            auth=Authenticator(keys, settings.api_keys, settings.admin_key),
+            auth=Authenticator(
+                keys, settings.bootstrap_secrets, settings.admin_secret, settings.auth
+            ),
             meter=Meter(ledger, build_limiter(settings), keys),
         )
 
