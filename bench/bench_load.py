@@ -82,7 +82,6 @@ from voxgate.providers.local.assets import whisper_base_dir
 from voxgate.storage.db import Database, driver_urls
 from voxgate.storage.keys import KeyStore, Limits
 
-STARTUP_TIMEOUT_S = 300
 HEALTH_POLL_S = 0.5
 METERED = (
     *("speech", "speech-sse", "speech-espeak"),
@@ -364,18 +363,35 @@ class Balancer:
             await asyncio.sleep(0.1)
         return None
 
-    async def health_checks(self, stop: asyncio.Event) -> None:
+    async def health_checks(self, stop: asyncio.Event, path: str) -> None:
+        """Poll ``path`` on every replica: up on 200, down on anything else or if it died.
+
+        A check that times out changes nothing (a busy replica is not a dead one); a refused
+        connection marks the replica down, as does a request that could not connect.
+        """
         async with httpx.AsyncClient(timeout=2) as client:
             while not stop.is_set():
                 for replica in self.replicas:
                     if not replica.alive():
                         replica.up = False
                         continue
-                    with contextlib.suppress(httpx.HTTPError):
-                        response = await client.get(f"{replica.base_url}/health")
-                        replica.up = response.status_code == 200
+                    with contextlib.suppress(httpx.TimeoutException):
+                        try:
+                            response = await client.get(f"{replica.base_url}{path}")
+                            replica.up = response.status_code == 200
+                        except httpx.TransportError:
+                            replica.up = False
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), HEALTH_POLL_S)
+
+
+async def readiness_path(replica: Replica, path: str) -> str:
+    """``/health/ready`` if the server has it (engines and database checked), else ``/health``."""
+    if path != "auto":
+        return path
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.get(f"{replica.base_url}/health/ready")
+    return "/health" if response.status_code == 404 else "/health/ready"
 
 
 # --- the load -------------------------------------------------------------------------------
@@ -512,7 +528,8 @@ async def run_faults(run: Run, faults: Faults, replicas: list[Replica]) -> None:
     await asyncio.sleep(faults.restart_after_s)
     victim.start()
     faults.note(run.clock(), f"replica {victim.name} restarted (same port and instance id)")
-    while not victim.up and victim.alive() and run.clock() < victim.killed_at + STARTUP_TIMEOUT_S:
+    give_up = victim.killed_at + run.args.startup_timeout_s
+    while not victim.up and victim.alive() and run.clock() < give_up:
         await asyncio.sleep(0.2)
     state = "healthy again" if victim.up else "NOT healthy (see its log)"
     faults.note(run.clock(), f"replica {victim.name} {state}")
@@ -703,13 +720,12 @@ async def run_scenario(
         replicas.append(replica)
     log(f"[{name}] {description}: starting {n_replicas} server(s) ...")
     await asyncio.to_thread(
-        wait_healthy, [r.server for r in replicas if r.server], STARTUP_TIMEOUT_S
+        wait_healthy, [r.server for r in replicas if r.server], args.startup_timeout_s
     )
-    for replica in replicas:
-        replica.up = True
+    health_path = await readiness_path(replicas[0], args.health_path)
+    description += f"; the client's load balancer checks {health_path}"
 
-    t0 = time.monotonic()
-    balancer = Balancer(replicas, lambda: time.monotonic() - t0)
+    balancer = Balancer(replicas, time.monotonic)
     limits = httpx.Limits(max_connections=args.clients + 8, max_keepalive_connections=args.clients)
     timeout = httpx.Timeout(args.timeout_s, connect=5)
     load_before = load_average()
@@ -720,9 +736,14 @@ async def run_scenario(
             )
             for r in replicas
         }
-        run = Run(args, clips, balancer, clients, t0)
+        run = Run(args, clips, balancer, clients, time.monotonic())
+        balancer.clock = run.clock
         stop_checks = asyncio.Event()
-        checks = asyncio.create_task(balancer.health_checks(stop_checks))
+        checks = asyncio.create_task(balancer.health_checks(stop_checks, health_path))
+        ready_by = time.monotonic() + args.startup_timeout_s
+        while not all(r.up for r in replicas) and time.monotonic() < ready_by:
+            await asyncio.sleep(0.1)  # the balancer's own check agrees they are ready
+        run.t0 = time.monotonic()
         log(f"[{name}] {args.clients} clients for {args.seconds:.0f} s ...")
         tasks = [
             asyncio.create_task(client_loop(run, i, key_for_client(i, keys, specs), args.seconds))
@@ -943,6 +964,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="VOXGATE_X=V",
         help="extra server setting (repeatable), e.g. VOXGATE_ENGINE_QUEUE_SIZE=8",
+    )
+    add("--startup-timeout-s", type=float, default=600, help="longest wait for a server to load")
+    add(
+        "--health-path", default="auto", help="load balancer check (auto: /health/ready or /health)"
     )
     add("--seed", type=int, default=8)
     add("--work-dir", type=Path, help="keep server logs and data here (default: a temp dir)")
