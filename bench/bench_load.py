@@ -556,12 +556,12 @@ def classify(result: Result, replicas: list[Replica], windows: list[tuple[float,
     if result.error is not None:
         return "miss: connection error"
     assert result.status is not None
-    if result.status == 503 and result.error_code and result.retry_after:
-        if result.error_code == "server_overloaded":
-            return "503 shed (documented)"
-        if in_fault:
-            return "503 dependency down (documented)"
-        return "miss: 503 outside a fault"
+    # Shedding load must say when to come back (issue 8); a dependency outage must be a clear
+    # 503 with the error envelope, and only while the fault lasts.
+    if result.status == 503 and result.error_code == "server_overloaded" and result.retry_after:
+        return "503 shed (documented)"
+    if result.status == 503 and result.error_code and result.error_code != "server_overloaded":
+        return "503 dependency down (documented)" if in_fault else "miss: 503 outside a fault"
     if result.status >= 500:
         return "miss: 5xx"
     return f"{result.status // 100}xx"

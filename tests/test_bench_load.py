@@ -40,6 +40,7 @@ def result(**fields: object) -> Result:
         ),
         ({"status": 503, "error_code": "server_overloaded"}, "miss: 5xx"),  # no Retry-After
         ({"status": 503}, "miss: 5xx"),  # no envelope
+        ({"status": 503, "error_code": "redis_unavailable"}, "miss: 503 outside a fault"),
         (
             {"status": 503, "error_code": "redis_unavailable", "retry_after": "1"},
             "miss: 503 outside a fault",
@@ -58,6 +59,10 @@ def test_dependency_503_is_documented_only_while_a_fault_lasts() -> None:
     down = result(status=503, error_code="redis_unavailable", retry_after="1")
     assert classify(down, replicas(), [(10.5, 20.0)]) == "503 dependency down (documented)"
     assert classify(down, replicas(), [(5.0, 9.0)]) == "miss: 503 outside a fault"
+    without_retry_after = result(status=503, error_code="redis_unavailable")
+    assert classify(without_retry_after, replicas(), [(10.5, 20.0)]) == (
+        "503 dependency down (documented)"
+    )
 
 
 def test_only_requests_in_flight_at_the_kill_are_excused() -> None:
