@@ -24,6 +24,14 @@ bench-gateway: $(VENV)/.installed-test
 	scripts/ensure-services.sh
 	$(BIN)/python bench/bench_gateway.py
 
+# Load and fault run, see docs/benchmarks.md. Exits non-zero if a target is missed. Smaller:
+# make bench-load BENCH_LOAD_ARGS="--clients 10 --seconds 8 --scenarios replicas"
+.PHONY: bench-load
+BENCH_LOAD_ARGS ?= --out bench/results/bench-load.json
+bench-load: $(VENV)/.installed-test
+	scripts/ensure-services.sh
+	$(BIN)/python bench/bench_load.py $(BENCH_LOAD_ARGS)
+
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

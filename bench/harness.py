@@ -17,6 +17,7 @@ import contextlib
 import os
 import platform
 import re
+import secrets
 import socket
 import statistics
 import subprocess
@@ -74,11 +75,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(env: Mapping[str, str], log_path: Path) -> Server:
-    """Start ``python -m voxgate serve`` on a free loopback port; does not wait for it."""
-    port = free_port()
+def start_server(env: Mapping[str, str], log_path: Path, port: int | None = None) -> Server:
+    """Start ``python -m voxgate serve`` on ``port`` (default: a free loopback port); does not
+    wait for it. A replica restarted after a crash is given its old port back, as a load
+    balancer's configuration would."""
+    port = port or free_port()
     command = [sys.executable, "-m", "voxgate", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with open(log_path, "wb") as log_file:
+    with open(log_path, "ab") as log_file:  # a restarted replica appends to its log
         process = subprocess.Popen(
             command, cwd=REPO, env=dict(env), stdout=log_file, stderr=subprocess.STDOUT
         )
@@ -131,6 +134,60 @@ def running_server(env: Mapping[str, str], log_path: Path, timeout_s: float) -> 
         yield server
     finally:
         stop_server(server)
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(server_url: str, prefix: str) -> Iterator[str]:
+    """A new, empty database on the PostgreSQL server at ``server_url``, dropped afterwards
+    (``WITH (FORCE)``, so a server that is still connected does not keep it alive)."""
+    import psycopg  # only the benchmarks that use PostgreSQL need the driver loaded
+    from sqlalchemy.engine import make_url
+
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    admin_url = make_url(server_url).set(drivername="postgresql", database="postgres")
+    with psycopg.connect(admin_url.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(
+            admin_url.render_as_string(hide_password=False), autocommit=True
+        ) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        log(f"dropped database {name}")
+
+
+def start_redis(port: int) -> subprocess.Popen[bytes]:
+    """A throwaway ``redis-server`` on loopback ``port``, nothing persisted, so a benchmark can
+    stop and restart it (an outage) without touching anybody else's Redis."""
+    process = subprocess.Popen(
+        [
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no", "--daemonize", "no"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"redis-server on port {port} exited ({process.returncode})")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return process
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"redis-server on port {port} did not start in 10 s")
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
+    """SIGTERM a child we started (by its PID), SIGKILL it after ``timeout_s``."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 # --- CPU counters ---------------------------------------------------------------------------
