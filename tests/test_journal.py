@@ -151,3 +151,24 @@ def test_journal_lines_are_json(tmp_path: Path) -> None:
         assert json.loads(line)["entry"]["request_id"] == "req_journal"
 
     run(tmp_path, scenario)
+
+
+def test_a_reservation_that_committed_unseen_is_closed_not_left_pending(tmp_path: Path) -> None:
+    """The connection broke while the reservation committed: the request was answered 503 as
+    if nothing was held, but its pending row exists. Writing the refusal's row closes that row
+    and releases the money, rather than leaving it pending with the reservation held."""
+
+    async def scenario(up: Ledger, down: Ledger, db: Database, key_id: str) -> None:
+        assert await up.reserve(entry(key_id), Usage(cost_micros=COST))
+        await down.record(
+            entry(key_id),
+            status="failed",
+            http_status=503,
+            latency_ms=1,
+            maybe_reserved_micros=COST,
+        )
+        assert await up.replay() == 1
+        assert await row_of(up, "req_journal") == ("failed", 0)
+        assert await money(db, key_id) == (0, 0)
+
+    run(tmp_path, scenario)

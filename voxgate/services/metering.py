@@ -66,6 +66,7 @@ class Ticket:
     entry: CatalogEntry | None = None
     rates: list[RateState] = field(default_factory=list)
     reserved: Usage | None = None
+    maybe_reserved_micros: int = 0  # a reservation that failed in a way it may have committed
     delivered_audio_s: float = 0.0
     delivered_characters: int = 0
     output_audio_s: float = 0.0
@@ -107,7 +108,12 @@ class Ticket:
                 self.entry.pricing, audio_seconds=audio_seconds, characters=characters
             ),
         )
-        if not await self.meter.ledger.reserve(self._entry(), estimate):
+        try:
+            reserved = await self.meter.ledger.reserve(self._entry(), estimate)
+        except Exception:
+            self.maybe_reserved_micros = estimate.cost_micros  # it may have committed
+            raise
+        if not reserved:
             raise await self._quota_error(estimate.cost_micros)
         self.reserved = estimate
         if key is None:
@@ -158,7 +164,11 @@ class Ticket:
                 elif outcome == "cancelled":
                     status = "cancelled"
                 await self.meter.ledger.record(
-                    self._entry(), status=status, http_status=http_status, latency_ms=latency_ms
+                    self._entry(),
+                    status=status,
+                    http_status=http_status,
+                    latency_ms=latency_ms,
+                    maybe_reserved_micros=self.maybe_reserved_micros,
                 )
             else:
                 status, usage = self._final_usage(http_status, outcome)

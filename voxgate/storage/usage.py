@@ -120,10 +120,21 @@ class Ledger:
         await self._apply_or_journal(record)
 
     async def record(
-        self, entry: Entry, *, status: Status, http_status: int | None, latency_ms: int | None
+        self,
+        entry: Entry,
+        *,
+        status: Status,
+        http_status: int | None,
+        latency_ms: int | None,
+        maybe_reserved_micros: int = 0,
     ) -> None:
         """Write the row of a request that never reserved anything (refused or failed early);
-        journaled like ``settle`` if the database is down."""
+        journaled like ``settle`` if the database is down.
+
+        ``maybe_reserved_micros``: a reservation whose outcome is unknown (the connection broke
+        while it committed). If it did commit, its pending row is closed and the money released
+        instead, so it is not left pending.
+        """
         record = {
             "op": "record",
             "entry": asdict(entry),
@@ -131,6 +142,7 @@ class Ledger:
             "http_status": http_status,
             "latency_ms": latency_ms,
             "finished_at": int(time.time()),
+            "maybe_reserved_micros": maybe_reserved_micros,
         }
         await self._apply_or_journal(record)
 
@@ -170,7 +182,22 @@ class Ledger:
     async def _apply(self, record: dict[str, Any]) -> None:
         """Write one journal-shaped record to the database. Idempotent."""
         entry = Entry(**record["entry"])
+        key_id = entry.api_key_id if entry.budgeted else None
         if record["op"] == "record":
+            if maybe_reserved := record.get("maybe_reserved_micros", 0):
+                async with self._db.sessions.begin() as session:
+                    if await _settle(
+                        session,
+                        entry.request_id,
+                        key_id,
+                        maybe_reserved,
+                        Usage(),
+                        status=record["status"],
+                        http_status=record["http_status"],
+                        latency_ms=record["latency_ms"],
+                        finished_at=record["finished_at"],
+                    ):
+                        return  # the reservation had committed: its row is now closed
             row = _row(entry, Usage(), status=record["status"], reserved_micros=0)
             row.http_status = record["http_status"]
             row.latency_ms = record["latency_ms"]
@@ -182,7 +209,6 @@ class Ledger:
                 pass  # request ids are unique: this row was written already
             return
         usage = Usage(**record["usage"])
-        key_id = entry.api_key_id if entry.budgeted else None
         async with self._db.sessions.begin() as session:
             settled = await _settle(
                 session,
