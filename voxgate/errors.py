@@ -13,6 +13,9 @@
     ├── RateLimited             429 requests / rate_limit_exceeded        (retryable)
     ├── InsufficientQuota       429 insufficient_quota / insufficient_quota (do not retry)
     ├── Overloaded              503 server_error / server_overloaded      (retryable)
+    ├── DependencyUnavailable   503 server_error                          (retryable)
+    │   ├── DatabaseUnavailable 503 server_error / database_unavailable
+    │   └── LimitsUnavailable   503 server_error / limits_unavailable     (Redis, fail-closed)
     ├── EngineFailed            500 server_error / engine_error           (retryable)
     └── InternalError           500 server_error / internal_error         (retryable)
 
@@ -111,6 +114,28 @@ class Overloaded(VoxgateError):
     type = "server_error"
     code = "server_overloaded"
     retryable = True
+
+
+class DependencyUnavailable(VoxgateError):
+    """A service voxgate needs (database, Redis) cannot be reached. Clears when it is back."""
+
+    status_code = 503
+    type = "server_error"
+    code = "dependency_unavailable"
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after_s: int | None = 2) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+
+
+class DatabaseUnavailable(DependencyUnavailable):
+    code = "database_unavailable"
+
+
+class LimitsUnavailable(DependencyUnavailable):
+    """Redis holds the rate and concurrency limits and is down (``LIMITS_ON_REDIS_DOWN=closed``)."""
+
+    code = "limits_unavailable"
 
 
 class EngineFailed(VoxgateError):

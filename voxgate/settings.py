@@ -68,6 +68,17 @@ class Settings(BaseSettings):
     """`redis://host:6379/0` keeps rate and concurrency counters in Redis, shared by every
     replica. Unset: counters live in this process's memory."""
 
+    limits_on_redis_down: Literal["closed", "open"] = "closed"
+    """What happens to requests of keys with rate or concurrency limits while Redis is
+    unreachable: `closed` answers 503 `limits_unavailable` (with Retry-After), `open` serves
+    them without those limits (budgets still hold; a warning is logged). Either way, limits
+    apply again as soon as Redis is back."""
+
+    shutdown_grace_s: int = Field(default=60, ge=0)
+    """On SIGTERM, how long in-flight requests may run to completion (new connections are
+    refused and /health/ready answers 503 at once). Requests still running afterwards are
+    cancelled and billed for what they delivered."""
+
     instance_id: str | None = None
     """This replica's name in the usage ledger (default `hostname:port`). A restarted replica
     settles the requests its previous run left open, so give each replica a stable name."""

@@ -12,6 +12,8 @@ ticket is finished after the last byte was sent, the client left, or the handler
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -88,7 +90,8 @@ class GatewayMiddleware:
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 completed = True
                 # Free the slot before the client sees the end, or its next request on the
-                # same connection can arrive while the slot still looks taken.
+                # same connection can arrive while the slot still looks taken. Best effort:
+                # it never raises, so it cannot cut the response it precedes.
                 await ticket.release_slot()
             await send(message)
 
@@ -99,9 +102,12 @@ class GatewayMiddleware:
         except (ClientDisconnect, OSError):
             outcome = "disconnected"
             raise
+        except asyncio.CancelledError:
+            outcome = "completed" if completed else "cancelled"  # e.g. shutdown past its grace
+            raise
         except Exception:
             status = status or 500  # answered by RequestIdMiddleware
             raise
         finally:
             with anyio.CancelScope(shield=True):
-                await ticket.finish(status, outcome)
+                await ticket.finish_shielded(status, outcome)

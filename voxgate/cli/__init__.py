@@ -7,6 +7,7 @@ The key and usage commands work on the database directly, with the same settings
 from __future__ import annotations
 
 import logging
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -28,12 +29,20 @@ app.command("usage")(usage)
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind (VOXGATE_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (VOXGATE_PORT).")] = None,
+    shutdown_grace_s: Annotated[
+        int | None,
+        typer.Option(
+            "--shutdown-grace-s",
+            help="Seconds in-flight requests may run on after SIGTERM (VOXGATE_SHUTDOWN_GRACE_S).",
+        ),
+    ] = None,
 ) -> None:
-    """Start the API server."""
+    """Start the API server. SIGTERM or Ctrl-C drains it: see VOXGATE_SHUTDOWN_GRACE_S."""
     import uvicorn
 
     from voxgate.api.protocol import header_timeout_protocol
     from voxgate.app import create_app
+    from voxgate.services.container import Services
     from voxgate.settings import serve_refusal
 
     overrides: dict[str, Any] = {}
@@ -41,6 +50,8 @@ def serve(
         overrides["host"] = host
     if port is not None:
         overrides["port"] = port
+    if shutdown_grace_s is not None:
+        overrides["shutdown_grace_s"] = shutdown_grace_s
     settings = Settings(**overrides)
     if refusal := serve_refusal(settings):
         typer.echo(f"voxgate: refusing to start: {refusal}", err=True)
@@ -48,14 +59,34 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(
-        create_app(settings),
+    application = create_app(settings)
+    services: Services = application.state.services
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server, which also turns readiness to 503 the moment a stop is asked.
+
+        uvicorn then stops accepting, waits up to the grace period for in-flight requests,
+        cancels what still runs (its rows settle as cancelled) and runs the lifespan shutdown.
+        """
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if not services.draining:
+                services.draining = True
+                logging.getLogger("voxgate").warning(
+                    "stopping: draining in-flight requests for up to %ds",
+                    settings.shutdown_grace_s,
+                )
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        application,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
         http=header_timeout_protocol(settings.header_timeout_s),
     )
+    DrainingServer(config).run()
 
 
 @app.command()

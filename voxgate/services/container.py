@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from voxgate.catalog import Catalog
 from voxgate.providers.local import LocalProvider
@@ -12,7 +14,8 @@ from voxgate.services.limits import Limiter, MemoryLimiter
 from voxgate.services.metering import Meter
 from voxgate.services.routing import Router
 from voxgate.settings import Settings
-from voxgate.storage.db import Database
+from voxgate.storage.db import Database, redacted_url
+from voxgate.storage.journal import Journal
 from voxgate.storage.keys import KeyStore
 from voxgate.storage.usage import Ledger
 
@@ -23,8 +26,16 @@ def build_limiter(settings: Settings) -> Limiter:
     if settings.redis_url:
         from voxgate.storage.redis import RedisLimiter
 
-        return RedisLimiter(settings.redis_url)
+        return RedisLimiter(settings.redis_url, on_down=settings.limits_on_redis_down)
     return MemoryLimiter()
+
+
+def journal_path(settings: Settings) -> Path:
+    """This replica's ledger journal: one file per (database, instance id) in the data dir, so
+    replicas or test servers sharing a data dir never replay each other's writes."""
+    identity = f"{redacted_url(settings.database)}|{settings.instance}"
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return settings.data_dir / "journal" / f"ledger-{digest}.jsonl"
 
 
 @dataclass
@@ -38,7 +49,8 @@ class Services:
     ledger: Ledger
     auth: Authenticator
     meter: Meter
-    startup_error: str | None = None
+    startup_failed: bool = False
+    draining: bool = False  # shutting down: /health/ready answers 503
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -46,7 +58,7 @@ class Services:
         local = LocalProvider(settings, catalog)
         db = Database(settings.database)
         keys = KeyStore(db)
-        ledger = Ledger(db, settings.instance)
+        ledger = Ledger(db, settings.instance, Journal(journal_path(settings)))
         return cls(
             settings=settings,
             catalog=catalog,
@@ -74,8 +86,8 @@ class Services:
         """Load the engines. Runs in the background; /health turns 200 when it is done."""
         try:
             await self.local.start()
-        except Exception as exc:
-            self.startup_error = f"{type(exc).__name__}: {exc}"
+        except Exception:
+            self.startup_failed = True  # the reason is in the log, not on /health
             log.exception("loading the local engines failed")
 
     async def close(self) -> None:

@@ -108,7 +108,13 @@ class Limiter(Protocol):
         """Take one of ``limit`` concurrency slots; raise RateLimited if all are taken."""
         ...
 
-    async def release_slot(self, key_id: str, request_id: str) -> None: ...
+    async def release_slot(self, key_id: str, request_id: str) -> None:
+        """Give a slot back. Never raises: a slot not given back expires with its lease."""
+        ...
+
+    async def ping(self) -> bool:
+        """Whether the limits' store answers now (for readiness)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -145,6 +151,9 @@ class MemoryLimiter:
 
     async def release_slot(self, key_id: str, request_id: str) -> None:
         self._slots.get(key_id, set()).discard(request_id)
+
+    async def ping(self) -> bool:
+        return True
 
     async def close(self) -> None:
         pass

@@ -10,8 +10,9 @@ A request's ``Ticket`` goes through, in order:
    characters-per-minute bucket.
 4. ``Ticket.deliver`` while a stream is being sent: how much of the work reached the client.
 5. ``Ticket.finish`` (exactly once, after the response ended or failed): the row is settled.
-   A complete 2xx response is billed in full; a client that went away mid-stream is billed
-   for what it received; a failed or refused request costs nothing.
+   A complete 2xx response is billed in full; a client that went away mid-stream, or a request
+   cancelled at shutdown, is billed for what it received; a failed or refused request costs
+   nothing. If the database is down the settle is journaled and lands when it is back.
 
 Units come only from what the server itself decoded or was asked to say, never from the
 response format, ``stream`` or an upstream's report, so they cannot be dodged.
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from voxgate.catalog import CatalogEntry, Endpoint, Pricing
-from voxgate.errors import InsufficientQuota, PermissionDenied, VoxgateError
+from voxgate.errors import DatabaseUnavailable, InsufficientQuota, PermissionDenied, VoxgateError
 from voxgate.money import micros_to_usd, usd_to_micros
 from voxgate.services.keys import Caller
 from voxgate.services.limits import Charge, Limiter, RateState
@@ -36,7 +37,7 @@ from voxgate.storage.usage import Entry, Ledger, Usage
 
 log = logging.getLogger("voxgate.metering")
 
-Outcome = Literal["completed", "disconnected", "failed"]
+Outcome = Literal["completed", "disconnected", "cancelled", "failed"]
 _REFUSALS = (403, 429)  # statuses recorded as "rejected": refused by policy, not failed
 HEARTBEAT_S = 10
 STALE_AFTER_S = 60
@@ -54,7 +55,7 @@ def cost_micros(pricing: Pricing, *, audio_seconds: float = 0.0, characters: int
     return usd_to_micros(usd)
 
 
-@dataclass
+@dataclass(eq=False)
 class Ticket:
     meter: Meter
     caller: Caller
@@ -65,6 +66,7 @@ class Ticket:
     entry: CatalogEntry | None = None
     rates: list[RateState] = field(default_factory=list)
     reserved: Usage | None = None
+    maybe_reserved_micros: int = 0  # a reservation that failed in a way it may have committed
     delivered_audio_s: float = 0.0
     delivered_characters: int = 0
     output_audio_s: float = 0.0
@@ -106,7 +108,12 @@ class Ticket:
                 self.entry.pricing, audio_seconds=audio_seconds, characters=characters
             ),
         )
-        if not await self.meter.ledger.reserve(self._entry(), estimate):
+        try:
+            reserved = await self.meter.ledger.reserve(self._entry(), estimate)
+        except Exception:
+            self.maybe_reserved_micros = estimate.cost_micros  # it may have committed
+            raise
+        if not reserved:
             raise await self._quota_error(estimate.cost_micros)
         self.reserved = estimate
         if key is None:
@@ -140,7 +147,11 @@ class Ticket:
         self.output_audio_s += output_s
 
     async def finish(self, http_status: int | None, outcome: Outcome) -> None:
-        """Write this request's single ledger row and give back its slot. Idempotent."""
+        """Write this request's single ledger row and give back its slot. Idempotent.
+
+        Never raises: a slot not given back expires with its lease, and a row the database
+        cannot take now is journaled (if even that fails, a restart reaps the row).
+        """
         if self.finished:
             return
         self.finished = True
@@ -150,8 +161,14 @@ class Ticket:
                 status = "rejected" if http_status in _REFUSALS else "failed"
                 if outcome == "completed" and http_status is not None and http_status < 400:
                     status = "succeeded"  # nothing billable (e.g. an empty result)
+                elif outcome == "cancelled":
+                    status = "cancelled"
                 await self.meter.ledger.record(
-                    self._entry(), status=status, http_status=http_status, latency_ms=latency_ms
+                    self._entry(),
+                    status=status,
+                    http_status=http_status,
+                    latency_ms=latency_ms,
+                    maybe_reserved_micros=self.maybe_reserved_micros,
                 )
             else:
                 status, usage = self._final_usage(http_status, outcome)
@@ -164,15 +181,33 @@ class Ticket:
                     latency_ms=latency_ms,
                 )
         except Exception:
-            log.exception("could not write usage for %s; it will be reaped", self.request_id)
+            log.exception(
+                "could not write or journal usage for %s; a restart of this replica settles it "
+                "as interrupted",
+                self.request_id,
+            )
         finally:
+            self.meter.open_tickets.discard(self)
             await self.release_slot()
 
+    async def finish_shielded(self, http_status: int | None, outcome: Outcome) -> None:
+        """``finish``, carried on to the end even if the calling task is cancelled meanwhile
+        (a shutdown past its grace period, a client gone): the row is settled either way."""
+        task = asyncio.ensure_future(self.finish(http_status, outcome))
+        self.meter.cleanups.add(task)
+        task.add_done_callback(self.meter.cleanups.discard)
+        await asyncio.shield(task)
+
     async def release_slot(self) -> None:
-        """Give back the concurrency slot (once; the lease would expire anyway)."""
+        """Give back the concurrency slot (once). Best effort, never raises: this runs just
+        before a response's last message, which a failure here must not cut off; a slot not
+        given back expires with its lease."""
         if self.slot_held and self.caller.key is not None:
             self.slot_held = False
-            await self.meter.limiter.release_slot(self.caller.key.id, self.request_id)
+            try:
+                await self.meter.limiter.release_slot(self.caller.key.id, self.request_id)
+            except Exception:
+                log.exception("could not give back the slot of %s", self.request_id)
 
     def _final_usage(self, http_status: int | None, outcome: Outcome) -> tuple[str, Usage]:
         assert self.reserved is not None and self.entry is not None
@@ -185,7 +220,7 @@ class Ticket:
                 output_audio_ms=output_ms,
                 cost_micros=self.reserved.cost_micros,
             )
-        if (ok or http_status == 499) and outcome != "failed":
+        if ((ok or http_status == 499) and outcome != "failed") or outcome == "cancelled":
             # The client left: bill what it was sent, never more than was reserved.
             audio_s = min(self.delivered_audio_s, self.reserved.input_audio_ms / 1000)
             characters = min(self.delivered_characters, self.reserved.input_characters)
@@ -217,6 +252,8 @@ class Meter:
         self.ledger = ledger
         self.limiter = limiter
         self.keys = keys
+        self.open_tickets: set[Ticket] = set()  # admitted and not yet finished
+        self.cleanups: set[asyncio.Future[None]] = set()  # finishes that outlive their request
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def admit(self, caller: Caller, endpoint: Endpoint, request_id: str) -> Ticket:
@@ -225,6 +262,7 @@ class Meter:
         Raises RateLimited (429), after recording the refusal in the ledger.
         """
         ticket = Ticket(self, caller, endpoint, request_id)
+        self.open_tickets.add(ticket)
         key = caller.key
         if key is None:
             return ticket
@@ -243,8 +281,13 @@ class Meter:
         return ticket
 
     async def start(self) -> None:
-        """Settle what our previous run left pending, then beat and reap every HEARTBEAT_S."""
+        """Settle what our previous run left pending, then beat and reap every HEARTBEAT_S.
+
+        The journal is replayed first, so settles our last run could not write land with
+        their real usage before the rest of its pending rows are closed as interrupted.
+        """
         await self.ledger.heartbeat()
+        await self.ledger.replay()
         if reaped := await self._reap(own=True):
             log.warning("settled %d request(s) interrupted by this replica's last stop", reaped)
         self._heartbeat = asyncio.create_task(self._beat())
@@ -262,12 +305,23 @@ class Meter:
             await asyncio.sleep(HEARTBEAT_S)
             try:
                 await self.ledger.heartbeat()
+                await self.ledger.replay()
                 if reaped := await self._reap(own=False):
                     log.warning("settled %d request(s) of replicas that stopped", reaped)
+            except DatabaseUnavailable:
+                log.warning("ledger heartbeat: the database is unavailable; retrying")
             except Exception:
                 log.exception("ledger heartbeat failed")
 
-    async def close(self) -> None:
+    async def close(self, wait_s: float = 10.0) -> None:
+        """Stop beating, once requests still open have settled (those cancelled at shutdown
+        settle as they unwind; any that have not after ``wait_s`` are settled here)."""
+        deadline = time.monotonic() + wait_s
+        while self.open_tickets and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for ticket in list(self.open_tickets):
+            await ticket.finish(None, "cancelled")
+        await self.ledger.replay()  # a last chance for journaled settles, if the db is back
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):

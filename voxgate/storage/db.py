@@ -2,6 +2,10 @@
 
 ``sqlite:///…`` runs on aiosqlite in WAL mode with a busy timeout, so one replica's readers never
 wait for its writers; ``postgresql://…`` runs on psycopg 3 (async and sync from one driver).
+
+A PostgreSQL server that cannot be reached (refused, restarted, connection dropped) surfaces as
+``DatabaseUnavailable`` (503), never as a driver error, so every caller can tell an outage from
+a bug. The pool pings connections before use, so it recovers by itself once the server is back.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, ExceptionContext, make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from voxgate.concurrency import run_in_thread
+from voxgate.errors import DatabaseUnavailable
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK_ID = 0x766F78  # PostgreSQL advisory lock held while a replica migrates
@@ -48,6 +54,26 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _unreachable(context: ExceptionContext) -> None:
+    """Raise DatabaseUnavailable instead of a driver error that means the server is not there.
+
+    A failed connect (no connection yet), a dropped connection, or the driver's own
+    "operational" errors (server shut down, refused) count; SQL errors and constraint
+    violations stay what they are.
+    """
+    if context.is_pre_ping:
+        return  # the pool handles a dead pooled connection by reconnecting
+    error = context.sqlalchemy_exception
+    if (
+        context.is_disconnect
+        or context.connection is None
+        or (isinstance(error, (OperationalError, InterfaceError)))
+    ):
+        raise DatabaseUnavailable("The database is unavailable. Please retry shortly.") from (
+            context.original_exception
+        )
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.async_url, self.sync_url = driver_urls(url)
@@ -57,14 +83,27 @@ class Database:
         options: dict[str, Any] = {"pool_pre_ping": not self.is_sqlite}
         if self.is_sqlite:
             options["connect_args"] = {"timeout": 30}
+        else:  # an unreachable server fails a request in seconds, not after the OS's timeout
+            options["connect_args"] = {"connect_timeout": 5}
         self.engine: AsyncEngine = create_async_engine(self.async_url, **options)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            event.listen(self.engine.sync_engine, "handle_error", _unreachable)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def migrate(self) -> None:
         """Bring the schema to head. Safe when several replicas start at once."""
         await run_in_thread(migrate_to_head, self.sync_url)
+
+    async def ping(self) -> bool:
+        """Whether the database answers a trivial query now (for readiness)."""
+        try:
+            async with self.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception:
+            return False
+        return True
 
     async def close(self) -> None:
         await self.engine.dispose()

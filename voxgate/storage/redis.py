@@ -3,6 +3,11 @@
 Each check-and-charge is one Lua script, so it is atomic across replicas, and it reads the clock
 with Redis ``TIME``, so replicas with skewed clocks still agree. Slot leases are renewed every
 ``SLOT_LEASE_S / 3`` by one task per process.
+
+When Redis cannot be reached, ``on_down`` decides: ``closed`` refuses what needs a limit with
+``LimitsUnavailable`` (503), ``open`` serves it without the shared limits. Either way a warning
+is logged at most every ``DOWN_LOG_EVERY_S``, and the next command after Redis is back simply
+reconnects. Giving a slot back never fails: its lease expires by itself.
 """
 
 from __future__ import annotations
@@ -10,10 +15,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Sequence
+from typing import Literal
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
 
+from voxgate.errors import LimitsUnavailable
 from voxgate.services.limits import (
     SLOT_LEASE_S,
     WINDOW_S,
@@ -24,6 +36,8 @@ from voxgate.services.limits import (
 )
 
 log = logging.getLogger("voxgate.limits")
+DOWN_LOG_EVERY_S = 30.0
+OnDown = Literal["closed", "open"]
 
 # KEYS: one hash per bucket. ARGV: window, then limit and cost per bucket.
 # Returns {1, used_1, …} when charged, or {0, index, used, wait} (wait -1: never fits).
@@ -87,20 +101,32 @@ def _slots(key_id: str) -> str:
 
 
 class RedisLimiter:
-    def __init__(self, url: str) -> None:
-        self._redis = aioredis.Redis.from_url(url)
+    def __init__(self, url: str, *, on_down: OnDown = "closed") -> None:
+        # Fail within seconds when Redis is gone, rather than after the OS's TCP timeout.
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        )
+        self._on_down = on_down
         self._charge = self._redis.register_script(_CHARGE)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._renew = self._redis.register_script(_RENEW)
         self._held: dict[str, str] = {}  # request id → key id, for lease renewal
         self._renewer: asyncio.Task[None] | None = None
+        self._down_logged_at = -math.inf
 
     async def charge(self, key_id: str, charges: Sequence[Charge]) -> list[RateState]:
         keys = [_bucket(key_id, charge.dimension) for charge in charges]
         args: list[float] = [WINDOW_S]
         for charge in charges:
             args += [charge.limit, charge.cost]
-        result = await self._charge(keys=keys, args=args)
+        try:
+            result = await self._charge(keys=keys, args=args)
+        except RedisError as exc:
+            self._down(exc)
+            return []  # fail-open: served without this limit
         if int(result[0]) == 0:
             charge = charges[int(result[1]) - 1]
             wait = float(result[3])
@@ -113,15 +139,55 @@ class RedisLimiter:
 
     async def acquire_slot(self, key_id: str, request_id: str, limit: int) -> None:
         lease_ms = int(SLOT_LEASE_S * 1000)
-        if not await self._acquire(keys=[_slots(key_id)], args=[limit, request_id, lease_ms]):
+        try:
+            taken = await self._acquire(keys=[_slots(key_id)], args=[limit, request_id, lease_ms])
+        except RedisError as exc:
+            self._down(exc)
+            return  # fail-open: no slot to hold or renew
+        if not taken:
             raise concurrency_refusal(key_id, limit)
         self._held[request_id] = key_id
         if self._renewer is None:
             self._renewer = asyncio.create_task(self._renew_forever())
 
     async def release_slot(self, key_id: str, request_id: str) -> None:
+        """Best effort: if Redis is down the lease expires within ``SLOT_LEASE_S``."""
         self._held.pop(request_id, None)
-        await self._redis.zrem(_slots(key_id), request_id)
+        try:
+            await self._redis.zrem(_slots(key_id), request_id)
+        except RedisError as exc:
+            self._log_down(
+                f"could not give back a concurrency slot ({type(exc).__name__}); "
+                f"its lease expires within {SLOT_LEASE_S:g}s"
+            )
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except RedisError:
+            return False
+
+    def _down(self, exc: RedisError) -> None:
+        """Apply the outage policy: raise LimitsUnavailable (closed) or return (open)."""
+        if self._on_down == "open":
+            self._log_down(
+                f"Redis is unreachable ({type(exc).__name__}): serving without rate and "
+                "concurrency limits (VOXGATE_LIMITS_ON_REDIS_DOWN=open)"
+            )
+            return
+        self._log_down(
+            f"Redis is unreachable ({type(exc).__name__}): refusing limited requests with 503 "
+            "(VOXGATE_LIMITS_ON_REDIS_DOWN=closed)"
+        )
+        raise LimitsUnavailable(
+            "Rate limits cannot be checked right now. Please retry shortly."
+        ) from exc
+
+    def _log_down(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._down_logged_at >= DOWN_LOG_EVERY_S:
+            self._down_logged_at = now
+            log.warning(message)
 
     async def _renew_forever(self) -> None:
         while True:
@@ -133,6 +199,8 @@ class RedisLimiter:
                 lease_ms = int(SLOT_LEASE_S * 1000)
                 keys = [_slots(key_id) for _, key_id in held]
                 await self._renew(keys=keys, args=[lease_ms, *(rid for rid, _ in held)])
+            except RedisError as exc:
+                self._log_down(f"renewing concurrency leases in Redis failed: {type(exc).__name__}")
             except Exception:
                 log.exception("renewing concurrency leases in Redis failed")
 
