@@ -12,7 +12,7 @@ import anyio
 from voxgate.audio import SpeechEncoder, SpeechFormat
 from voxgate.catalog import CatalogEntry
 from voxgate.concurrency import run_in_thread
-from voxgate.errors import InvalidRequest
+from voxgate.errors import InvalidRequest, VoxgateError
 from voxgate.providers.base import PcmChunk, SpeechJob
 from voxgate.services.container import Services
 from voxgate.services.metering import Ticket
@@ -124,6 +124,9 @@ async def encode_stream(
             ticket.deliver(characters=chunk.characters, output_s=chunk.duration_s)
         if data := await run_in_thread(encoder.finish):
             yield data
+    except VoxgateError as exc:  # the response has begun: all that is left is to cut it
+        log.warning("speech stream %s cut off: %s", ticket.request_id, exc.message)
+        raise
     finally:
         with contextlib.suppress(Exception):
             encoder.close()
