@@ -57,7 +57,7 @@ def main() -> None:
     clip = (args.audio_dir / CLIP).read_bytes()
     with tempfile.TemporaryDirectory() as tmp:
         env = server_env(Path(tmp), {"VOXGATE_API_KEYS": KEY})
-        with running_server(env, Path(tmp) / "server.log", timeout_s=300) as server:
+        with running_server(env, Path(tmp) / "server.log", timeout_s=1200) as server:
             stop = threading.Event()
             workers = [
                 threading.Thread(target=keep_busy, args=(server.base_url, stop, kind, clip))
