@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import time
+import wave
 
 import av
 import numpy as np
@@ -196,3 +197,57 @@ def test_espeak_german(sdk: openai.OpenAI) -> None:
     # Measured 0.14: "Guten Morgen, das Metas heute sehr schön, und wir gehen in den Park."
     assert wer(text, result.text) <= 0.35, result.text
     assert {"guten", "morgen", "park"} <= set(normalise(result.text).split()), result.text
+
+
+# --- files common libraries can read (issue 8, finding 10) ---------------------------------------
+
+
+def test_short_wav_and_flac_carry_their_true_length(sdk: openai.OpenAI) -> None:
+    """A short input is synthesised whole before the first byte leaves, so WAV's RIFF sizes
+    and FLAC's STREAMINFO (sample count, MD5) are true: Python's ``wave`` and
+    python-soundfile read them (streamed, they said 2^31-1 frames and failed to read)."""
+    soundfile = pytest.importorskip("soundfile")
+    wav = sdk.audio.speech.create(
+        model="tts-1", voice="alloy", input=SENTENCE, response_format="wav"
+    ).read()
+    seconds, rate, _ = decode(wav)
+    with wave.open(io.BytesIO(wav)) as reader:
+        assert reader.getframerate() == rate == 22_050
+        assert reader.getnframes() == round(seconds * rate)
+    samples, sf_rate = soundfile.read(io.BytesIO(wav), dtype="int16")
+    assert (len(samples), sf_rate) == (round(seconds * rate), rate)
+
+    flac = sdk.audio.speech.create(
+        model="tts-1", voice="alloy", input=SENTENCE, response_format="flac"
+    ).read()
+    seconds, rate, _ = decode(flac)
+    info = soundfile.info(io.BytesIO(flac))
+    assert (info.frames, info.samplerate) == (round(seconds * rate), rate)
+    samples, _ = soundfile.read(io.BytesIO(flac), dtype="int16")
+    assert len(samples) == info.frames
+    md5 = flac[26:42]  # fLaC, block header (4), STREAMINFO's MD5 is its last 16 bytes
+    assert md5 != bytes(16)
+    assert SENTENCE_SECONDS[0] < seconds < SENTENCE_SECONDS[1]
+
+
+# --- text with nothing to say (issue 8, finding 6) -----------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["tts-1", "espeak-ng"])
+def test_pictographs_are_not_read_out(server: Server, model: str) -> None:
+    """Emoji and other symbols are silent, as with OpenAI's voices; Piper and eSpeak used to
+    read their Unicode names, so 4096 emoji became 818 s of audio. Input made only of them is
+    a 400 on ``input``; between words they add no time."""
+    voice = "alloy" if model == "tts-1" else "en-us"
+    body = {"model": model, "voice": voice, "response_format": "pcm"}
+    with server.http() as client:
+        response = client.post("/v1/audio/speech", json={**body, "input": "😀👍🏽★♥" * 100})
+        assert response.status_code == 400, response.headers
+        error = response.json()["error"]
+        assert (error["param"], error["code"]) == ("input", "invalid_value")
+        plain = client.post("/v1/audio/speech", json={**body, "input": "Hello there."})
+        decorated = client.post(
+            "/v1/audio/speech", json={**body, "input": "Hello 😀😀😀 there. 🎉❤️"}
+        )
+    assert plain.status_code == decorated.status_code == 200
+    assert pcm_seconds(decorated.content) < 1.2 * pcm_seconds(plain.content)

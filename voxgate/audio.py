@@ -8,6 +8,7 @@ stream as it is synthesised. Both are blocking: call them through ``concurrency`
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal, cast, get_args
 
@@ -97,15 +98,49 @@ class _Sink:
         return data
 
 
-class SpeechEncoder:
-    """Incremental encoder from mono s16 PCM at ``input_rate`` to ``response_format``."""
+class _SeekableSink(_Sink):
+    """A seekable file: the muxer can go back and write true sizes (WAV's RIFF sizes, FLAC's
+    STREAMINFO sample count and MD5) once it knows them, so nothing is drained before the end."""
 
-    def __init__(self, response_format: SpeechFormat, input_rate: int) -> None:
+    def __init__(self) -> None:
+        self._file = io.BytesIO()
+
+    def write(self, data: bytes) -> int:
+        return self._file.write(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def drain(self) -> bytes:
+        return b""
+
+    def getvalue(self) -> bytes:
+        return self._file.getvalue()
+
+
+class SpeechEncoder:
+    """Incremental encoder from mono s16 PCM at ``input_rate`` to ``response_format``.
+
+    Streamed (the default), each ``encode`` returns the bytes that are ready, and a header
+    written before the length was known stays as it was (WAV sizes 0xFFFFFFFF, FLAC
+    ``total_samples`` 0). With ``whole=True`` nothing is returned until ``finish``, which
+    returns the whole file with true sizes in its header.
+    """
+
+    def __init__(
+        self, response_format: SpeechFormat, input_rate: int, *, whole: bool = False
+    ) -> None:
         codec = _CODECS[response_format]
         self.media_type = codec.media_type
         self._input_rate = input_rate
         output_rate = codec.sample_rate or input_rate
-        self._sink = _Sink()
+        self._sink = _SeekableSink() if whole else _Sink()
         self._container = av.open(
             self._sink, mode="w", format=codec.container, options=dict(codec.options)
         )
@@ -136,6 +171,8 @@ class SpeechEncoder:
         for packet in self._stream.encode(None):
             self._container.mux(packet)
         self._container.close()
+        if isinstance(self._sink, _SeekableSink):
+            return self._sink.getvalue()
         return self._sink.drain()
 
     def close(self) -> None:

@@ -6,17 +6,21 @@
   cancelling the consumer stops the generator at its next item, so a client that disconnects
   stops the inference instead of leaving it to run to the end.
 * ``EngineGate`` is per-engine admission control: a fixed number of running jobs plus a bounded
-  queue. A full queue is refused at once with 503 and a Retry-After estimated from recent job
-  times, instead of growing latency without bound.
+  queue. A full queue, or an expected wait over the limit, is refused at once with 503 and a
+  Retry-After estimated from recent job times; waits and each job's engine time are bounded.
+* ``cancel_on_disconnect`` stops waiting (in the queue, or for the engine) when the client
+  leaves, so an abandoned request never runs and gives back what it reserved at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import anyio
@@ -34,12 +38,16 @@ async def run_in_thread(fn: Callable[..., T], *args: object) -> T:
 
 
 async def iterate_in_thread(
-    make_iterator: Callable[[], Iterator[T]], *, buffer: int = 4
+    make_iterator: Callable[[], Iterator[T]],
+    *,
+    buffer: int = 4,
+    deadline: JobDeadline | None = None,
 ) -> AsyncIterator[T]:
     """Yield the items of a blocking iterator produced in a worker thread.
 
     At most ``buffer`` items wait unconsumed, so a slow client slows the engine down rather than
-    letting memory grow. Exceptions raised in the thread are re-raised here.
+    letting memory grow. Exceptions raised in the thread are re-raised here. Once ``deadline``
+    has passed, the thread stops before its next item and ``deadline.error()`` is raised.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[object] = asyncio.Queue(maxsize=buffer)
@@ -59,6 +67,9 @@ async def iterate_in_thread(
     def produce() -> None:
         try:
             for item in make_iterator():
+                if deadline is not None and deadline.expired():
+                    put(deadline.error())
+                    return
                 if stop.is_set() or not put(item):
                     return
         except BaseException as exc:  # re-raised in the consumer
@@ -74,6 +85,8 @@ async def iterate_in_thread(
                 break
             if isinstance(item, BaseException):
                 raise item
+            if deadline is not None and deadline.expired():
+                raise deadline.error()
             yield cast(T, item)
     finally:
         stop.set()
@@ -83,13 +96,54 @@ async def iterate_in_thread(
             await worker
 
 
-class EngineGate:
-    """At most ``workers`` jobs run; at most ``queue_size`` wait; the rest get 503."""
+@dataclass(frozen=True)
+class JobDeadline:
+    """When one engine job must stop: checked between items, so the thread stops at its next
+    sentence or segment rather than running on for minutes."""
 
-    def __init__(self, name: str, *, workers: int, queue_size: int) -> None:
+    engine: str
+    limit_s: float
+    at: float  # time.monotonic()
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def error(self) -> Overloaded:
+        return Overloaded(
+            f"The {self.engine} job ran longer than this server's limit of {self.limit_s:g} s "
+            "of engine time (VOXGATE_ENGINE_JOB_TIMEOUT_S) and was stopped. Send a shorter "
+            "input, or retry when the server is less busy.",
+            code="engine_timeout",
+            retry_after_s=max(1, math.ceil(self.limit_s)),
+        )
+
+
+class EngineGate:
+    """At most ``workers`` jobs run; the rest wait in a bounded queue, or get 503 at once.
+
+    A request is refused at once (503 + Retry-After) when the queue is full or when its expected
+    wait (jobs ahead / workers x the recent average job time) exceeds ``max_wait_s``. One that
+    was admitted gives up after ``queue_timeout_s`` in the queue, and a job that runs longer than
+    ``job_timeout_s`` is stopped (see ``JobDeadline``). Waiting is first come, first served;
+    these bounds are what keep a short request from waiting behind long ones for minutes.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        workers: int,
+        queue_size: int,
+        max_wait_s: float | None = None,
+        queue_timeout_s: float | None = None,
+        job_timeout_s: float | None = None,
+    ) -> None:
         self.name = name
         self.workers = workers
         self.queue_size = queue_size
+        self.max_wait_s = max_wait_s
+        self.queue_timeout_s = queue_timeout_s
+        self.job_timeout_s = job_timeout_s
         self._semaphore = asyncio.Semaphore(workers)
         self._running = 0
         self._waiting = 0
@@ -107,27 +161,60 @@ class EngineGate:
         backlog = (self._waiting + self._running) / self.workers
         return max(1, round(backlog * self._avg_job_s))
 
+    def expected_wait_s(self) -> float:
+        """How long a request arriving now would wait for a worker, from recent job times."""
+        ahead = self._waiting + self._running - self.workers + 1
+        return max(0.0, ahead / self.workers * self._avg_job_s)
+
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self) -> AsyncIterator[JobDeadline | None]:
+        """Wait for a worker (cancellable, bounded) and hold it for the body.
+
+        Yields the job's deadline (None without ``job_timeout_s``); pass it to
+        ``iterate_in_thread`` so the engine stops when it passes. The worker is given back as
+        soon as the body exits, whichever way it exits.
+        """
+        self._admit()
+        self._waiting += 1
+        try:
+            with anyio.move_on_after(self.queue_timeout_s) as waited:
+                await self._semaphore.acquire()
+        finally:
+            self._waiting -= 1
+        if waited.cancelled_caught:
+            raise Overloaded(
+                f"The {self.name} engine is busy: this request waited {self.queue_timeout_s:g} s "
+                "in its queue (VOXGATE_ENGINE_QUEUE_TIMEOUT_S). Retry after the suggested delay.",
+                retry_after_s=self.retry_after_s(),
+            )
+        self._running += 1
+        started = time.monotonic()
+        deadline = None
+        if self.job_timeout_s is not None:
+            deadline = JobDeadline(self.name, self.job_timeout_s, started + self.job_timeout_s)
+        try:
+            yield deadline
+        finally:
+            self._running -= 1
+            self._semaphore.release()
+            self._avg_job_s = 0.8 * self._avg_job_s + 0.2 * (time.monotonic() - started)
+
+    def _admit(self) -> None:
+        """Refuse at once what the queue cannot hold or cannot serve within ``max_wait_s``."""
         if self._running >= self.workers and self._waiting >= self.queue_size:
             raise Overloaded(
                 f"The {self.name} engine is at capacity ({self._running} running, "
                 f"{self._waiting} queued). Retry after the suggested delay.",
                 retry_after_s=self.retry_after_s(),
             )
-        self._waiting += 1
-        try:
-            await self._semaphore.acquire()
-        finally:
-            self._waiting -= 1
-        self._running += 1
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            self._running -= 1
-            self._semaphore.release()
-            self._avg_job_s = 0.8 * self._avg_job_s + 0.2 * (time.monotonic() - started)
+        expected = self.expected_wait_s()
+        if self.max_wait_s is not None and expected > self.max_wait_s:
+            raise Overloaded(
+                f"The {self.name} engine is busy: the expected wait of {expected:.0f} s exceeds "
+                f"this server's limit of {self.max_wait_s:g} s (VOXGATE_ENGINE_MAX_WAIT_S). "
+                "Retry after the suggested delay.",
+                retry_after_s=max(1, math.ceil(expected - self.max_wait_s)),
+            )
 
 
 class ClientDisconnected(Exception):
@@ -143,6 +230,7 @@ async def cancel_on_disconnect(
     returns ``http.disconnect``.
     """
     result: list[T] = []
+    errors: list[Exception] = []
 
     async def watch(scope: anyio.CancelScope) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -150,12 +238,17 @@ async def cancel_on_disconnect(
         scope.cancel()
 
     async def run(scope: anyio.CancelScope) -> None:
-        result.append(await work)
+        try:
+            result.append(await work)
+        except Exception as exc:  # raised below as itself, not wrapped in an ExceptionGroup
+            errors.append(exc)
         scope.cancel()
 
     async with anyio.create_task_group() as group:
         group.start_soon(watch, group.cancel_scope)
         group.start_soon(run, group.cancel_scope)
+    if errors:
+        raise errors[0]
     if not result:
         raise ClientDisconnected
     return result[0]

@@ -120,6 +120,20 @@ class Settings(BaseSettings):
     engine_queue_size: int = Field(default=16, ge=0)
     """Jobs that may wait per engine; beyond that requests get 503 with Retry-After."""
 
+    engine_max_wait_s: float = Field(default=30.0, gt=0)
+    """Longest expected wait in an engine's queue (jobs ahead / workers x recent average job
+    time) that a request is admitted to; beyond it the request gets 503 with Retry-After at once
+    instead of joining a queue it would wait in for minutes."""
+
+    engine_queue_timeout_s: float = Field(default=60.0, gt=0)
+    """A request that has waited this long in an engine's queue gives up with 503 and
+    Retry-After (the expected wait is only an estimate; this bounds the real one)."""
+
+    engine_job_timeout_s: float = Field(default=300.0, gt=0)
+    """Most engine time one job may take. Past it the engine stops at its next sentence or
+    segment: a response not yet begun gets 503 `engine_timeout`, a stream already begun is cut
+    off without its end (an error, never a short success) and billed nothing."""
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the server."""
 

@@ -49,7 +49,12 @@ class LocalProvider:
             raise ValueError(f"catalog names unknown local engines: {sorted(unknown)}")
         self.gates = {
             engine: EngineGate(
-                engine, workers=settings.engine_workers, queue_size=settings.engine_queue_size
+                engine,
+                workers=settings.engine_workers,
+                queue_size=settings.engine_queue_size,
+                max_wait_s=settings.engine_max_wait_s,
+                queue_timeout_s=settings.engine_queue_timeout_s,
+                job_timeout_s=settings.engine_job_timeout_s,
             )
             for engine in set(self._model_engines.values())
         }

@@ -81,8 +81,8 @@ class EspeakEngine:
         return 0
 
     async def synthesize(self, job: SpeechJob) -> AsyncGenerator[PcmChunk, None]:
-        async with self.gate.slot():
-            async for chunk in iterate_in_thread(lambda: self._synthesize(job)):
+        async with self.gate.slot() as deadline:
+            async for chunk in iterate_in_thread(lambda: self._synthesize(job), deadline=deadline):
                 yield chunk
 
     def _synthesize(self, job: SpeechJob) -> Iterator[PcmChunk]:

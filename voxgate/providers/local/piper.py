@@ -27,8 +27,8 @@ class PiperEngine:
         self._length_scale: float = self._voice.config.length_scale or 1.0
 
     async def synthesize(self, job: SpeechJob) -> AsyncGenerator[PcmChunk, None]:
-        async with self.gate.slot():
-            async for chunk in iterate_in_thread(lambda: self._synthesize(job)):
+        async with self.gate.slot() as deadline:
+            async for chunk in iterate_in_thread(lambda: self._synthesize(job), deadline=deadline):
                 yield chunk
 
     def _synthesize(self, job: SpeechJob) -> Iterator[PcmChunk]:
