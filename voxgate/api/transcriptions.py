@@ -66,7 +66,9 @@ async def _handle(
         _check_combinations(options)  # word timestamps imply verbose_json from here on
         words = "word" in options.timestamp_granularities
         logprobs = "logprobs" in options.include
-        transcription = await start_transcription(
+        # The body is read: from here a client that leaves is noticed, in the engine's queue
+        # and while its upload is decoded as well as during inference.
+        started = start_transcription(
             services,
             ticket,
             upload.file,
@@ -76,6 +78,10 @@ async def _handle(
             temperature=options.temperature,
             word_timestamps=words or logprobs,
         )
+        try:
+            transcription = await cancel_on_disconnect(request.receive, started)
+        except ClientDisconnected:
+            return Response(status_code=499)
     if options.stream:
         events = _stream_events(transcription, ticket, logprobs=logprobs)
         return StreamingResponse(events, media_type="text/event-stream")
