@@ -51,9 +51,9 @@ async def start_transcription(
     code = _check_language(entry, language) if language else None
     max_s = services.settings.max_audio_seconds
     stated_s = await run_in_thread(probe_duration, source)
+    allowance_s = await ticket.audio_allowance(stated_s)
     if stated_s is not None and stated_s > max_s:
         raise audio_too_long(max_s)
-    allowance_s = await ticket.audio_allowance(stated_s)
 
     async def load_audio() -> np.ndarray:
         audio = await _decode(
