@@ -1,14 +1,17 @@
 """Audio in and out, through PyAV (FFmpeg 8 bundled in the wheel; no system ffmpeg needed).
 
-``decode_for_whisper`` reads anything FFmpeg reads (video files give their audio track) into
-16 kHz mono float32, Whisper's input. ``SpeechEncoder`` encodes PCM chunks incrementally into
-one of OpenAI's six speech formats and returns the bytes each chunk produced, so a response can
-stream as it is synthesised. Both are blocking: call them through ``concurrency``.
+``WhisperDecoder`` reads anything FFmpeg reads (video files give their audio track) into
+16 kHz mono float32, Whisper's input, frame by frame and within a bound on its length;
+``probe_duration`` reads what a header claims without decoding. ``SpeechEncoder`` encodes PCM
+chunks incrementally into one of OpenAI's six speech formats and returns the bytes each chunk
+produced, so a response can stream as it is synthesised. All of them block: call them through
+``concurrency``.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal, cast, get_args
 
@@ -16,10 +19,15 @@ import av
 import av.error
 import numpy as np
 from av.audio.stream import AudioStream
+from av.container import InputContainer
 
-from voxgate.errors import InvalidAudio
+from voxgate.errors import AudioTooLong, InvalidAudio
 
 WHISPER_SAMPLE_RATE = 16000
+# The decoder reports progress (and so notices a consumer that left) every this many seconds of
+# decoded audio: often enough to stop within milliseconds, rarely enough to cost nothing.
+PROGRESS_S = 10.0
+_DECODE_ERRORS = (av.error.FFmpegError, ValueError, IndexError, UnicodeDecodeError)
 
 SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 SPEECH_FORMATS: tuple[str, ...] = get_args(SpeechFormat)
@@ -51,32 +59,149 @@ def media_type(response_format: SpeechFormat) -> str:
     return _CODECS[response_format].media_type
 
 
-def decode_for_whisper(source: str | BinaryIO) -> np.ndarray:
-    """Decode the first audio stream to 16 kHz mono float32 in [-1, 1].
+def probe_duration(source: BinaryIO) -> float | None:
+    """The first audio stream's duration as the container's header states it, in seconds.
 
-    Raises InvalidAudio (a 400, ``param="file"``) for anything undecodable, a file without an
-    audio track, or audio with no samples.
+    Reads the header only (no decoding), so it can run before a request is admitted. None when
+    the header does not say (streamed FLAC, some WebM). The header is the sender's claim, so it
+    is only used to refuse early, never to bill. Raises InvalidAudio like the decoder.
     """
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=WHISPER_SAMPLE_RATE)
-    pieces: list[np.ndarray] = []
+    source.seek(0)
     try:
         with av.open(source, mode="r", metadata_errors="ignore") as container:
-            if not container.streams.audio:
-                raise InvalidAudio("The uploaded file has no audio track.", param="file")
-            stream = container.streams.audio[0]
-            for frame in container.decode(stream):
-                pieces.extend(f.to_ndarray()[0] for f in resampler.resample(frame))
-            pieces.extend(f.to_ndarray()[0] for f in resampler.resample(None))
-    except (av.error.FFmpegError, ValueError, IndexError, UnicodeDecodeError) as exc:
-        raise InvalidAudio(
-            "The uploaded file could not be decoded as audio. Supported formats: flac, m4a, "
-            "mp3, mp4, mpeg, mpga, oga, ogg, wav, webm (and anything else FFmpeg reads).",
-            param="file",
-        ) from exc
-    audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
-    if audio.size == 0:
-        raise InvalidAudio("The uploaded file contains no audio.", param="file")
-    return audio.astype(np.float32, copy=False)
+            stream = _audio_stream(container)
+            if stream.duration is not None and stream.time_base is not None:
+                return max(0.0, float(stream.duration * stream.time_base))
+            if container.duration is not None:
+                return max(0.0, container.duration / av.time_base)
+            return None
+    except _DECODE_ERRORS as exc:
+        raise _undecodable() from exc
+    finally:
+        source.seek(0)
+
+
+class WhisperDecoder:
+    """Decodes one upload to 16 kHz mono float32 in [-1, 1], frame by frame, within a bound.
+
+    ``run`` is a blocking generator for ``concurrency.iterate_in_thread``: it yields the seconds
+    decoded so far every ``PROGRESS_S`` of audio, so a consumer that goes away (a client that
+    disconnected, a key that cannot pay for more) stops it within milliseconds. It raises
+    AudioTooLong at the first frame past ``max_s``, so a small file of hours of silence never
+    becomes gigabytes of samples. Like FFmpeg, it decodes what it can: a packet the codec
+    rejects is skipped, and a container that ends early or breaks ends the audio there; only
+    an upload that yields no audio at all is InvalidAudio.
+    """
+
+    def __init__(self, source: BinaryIO, *, max_s: float, size_hint_s: float | None = None):
+        self._source = source
+        self._max_samples = int(max_s * WHISPER_SAMPLE_RATE)
+        hint_s = min(size_hint_s or PROGRESS_S, max_s)
+        self._samples = _Samples(int(hint_s * WHISPER_SAMPLE_RATE) + WHISPER_SAMPLE_RATE)
+        self.max_s = max_s
+
+    @property
+    def decoded_s(self) -> float:
+        return self._samples.length / WHISPER_SAMPLE_RATE
+
+    def run(self) -> Iterator[float]:
+        """Decode, yielding the seconds decoded so far now and then. Raises InvalidAudio."""
+        self._source.seek(0)
+        try:
+            with av.open(self._source, mode="r", metadata_errors="ignore") as container:
+                yield from self._decode(container, _audio_stream(container))
+        except _DECODE_ERRORS as exc:
+            if not self._samples.length:
+                raise _undecodable() from exc
+            # The container broke after some audio (a truncated upload): that is the audio.
+        if not self._samples.length:
+            raise InvalidAudio("The uploaded file contains no audio.", param="file")
+        yield self.decoded_s
+
+    def _decode(self, container: InputContainer, stream: AudioStream) -> Iterator[float]:
+        resampler = _resampler()
+        next_progress = PROGRESS_S * WHISPER_SAMPLE_RATE
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:
+                continue  # a damaged packet: skip it, as FFmpeg does
+            for frame in frames:
+                try:
+                    self._add(resampler.resample(frame))
+                except ValueError:  # the format changed mid-stream: start a new resampler
+                    self._add(resampler.resample(None))
+                    resampler = _resampler()
+                    self._add(resampler.resample(frame))
+            if self._samples.length >= next_progress:
+                next_progress = self._samples.length + PROGRESS_S * WHISPER_SAMPLE_RATE
+                yield self.decoded_s
+        self._add(resampler.resample(None))
+
+    def _add(self, frames: list[av.AudioFrame]) -> None:
+        for frame in frames:
+            if self._samples.length + frame.samples > self._max_samples:
+                raise audio_too_long(self.max_s)
+            self._samples.append(frame.to_ndarray()[0], self._max_samples)
+
+    def audio(self) -> np.ndarray:
+        """The decoded samples (once ``run`` is exhausted); the decoder lets go of them."""
+        return self._samples.take()
+
+    def discard(self) -> None:
+        """Free the samples now (a refused or abandoned decode)."""
+        self._samples.take()
+
+
+class _Samples:
+    """float32 samples in one buffer grown in place.
+
+    ``ndarray.resize`` reallocates, and glibc moves large blocks with ``mremap``, so growing
+    never holds two copies (list + concatenate peaked at twice the decoded size).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._data = np.empty(max(capacity, 1), dtype=np.float32)
+        self.length = 0
+
+    def append(self, piece: np.ndarray, limit: int) -> None:
+        end = self.length + len(piece)
+        if end > len(self._data):
+            self._data.resize((max(end, min(2 * len(self._data), limit)),), refcheck=False)
+        self._data[self.length : end] = piece
+        self.length = end
+
+    def take(self) -> np.ndarray:
+        data, self._data = self._data, np.empty(0, dtype=np.float32)
+        data.resize((self.length,), refcheck=False)
+        self.length = 0
+        return data
+
+
+def audio_too_long(max_s: float) -> AudioTooLong:
+    return AudioTooLong(
+        f"The uploaded audio is longer than this server accepts ({max_s:g} s, "
+        "VOXGATE_MAX_AUDIO_SECONDS). Split it into shorter files.",
+        param="file",
+    )
+
+
+def _audio_stream(container: InputContainer) -> AudioStream:
+    if not container.streams.audio:
+        raise InvalidAudio("The uploaded file has no audio track.", param="file")
+    return container.streams.audio[0]
+
+
+def _resampler() -> av.AudioResampler:
+    return av.AudioResampler(format="flt", layout="mono", rate=WHISPER_SAMPLE_RATE)
+
+
+def _undecodable() -> InvalidAudio:
+    return InvalidAudio(
+        "The uploaded file could not be decoded as audio. Supported formats: flac, m4a, "
+        "mp3, mp4, mpeg, mpga, oga, ogg, wav, webm (and anything else FFmpeg reads).",
+        param="file",
+    )
 
 
 class _Sink:

@@ -3,6 +3,7 @@
     VoxgateError
     ├── InvalidRequest          400 invalid_request_error  (a field's value; ``param`` names it)
     │   ├── InvalidAudio        400 invalid_request_error / invalid_audio
+    │   │   └── AudioTooLong    400 invalid_request_error / audio_too_long
     │   └── UnsupportedModel    400 invalid_request_error / model_not_supported
     ├── AuthenticationFailed    401 invalid_request_error / invalid_api_key
     ├── PermissionDenied        403 invalid_request_error / permission_denied
@@ -55,6 +56,12 @@ class InvalidRequest(VoxgateError):
 
 class InvalidAudio(InvalidRequest):
     code = "invalid_audio"
+
+
+class AudioTooLong(InvalidAudio):
+    """Decoded audio past VOXGATE_MAX_AUDIO_SECONDS: a small upload may hold hours of audio."""
+
+    code = "audio_too_long"
 
 
 class UnsupportedModel(InvalidRequest):

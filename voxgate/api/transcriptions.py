@@ -7,9 +7,9 @@ official SDK and OpenAI's curl examples send) or as plain repeated ``key``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import aclosing
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
@@ -28,6 +28,7 @@ from voxgate.services.metering import Ticket
 from voxgate.services.transcription import start_transcription
 
 router = APIRouter()
+T = TypeVar("T")
 
 _ARRAY_FIELDS = ("timestamp_granularities", "include")
 _MAX_FIELDS = 64
@@ -66,7 +67,9 @@ async def _handle(
         _check_combinations(options)  # word timestamps imply verbose_json from here on
         words = "word" in options.timestamp_granularities
         logprobs = "logprobs" in options.include
-        transcription = await start_transcription(
+        # The body is read: from here a client that leaves is noticed, in the engine's queue
+        # and while its upload is decoded as well as during inference.
+        started = start_transcription(
             services,
             ticket,
             upload.file,
@@ -76,11 +79,15 @@ async def _handle(
             temperature=options.temperature,
             word_timestamps=words or logprobs,
         )
+        try:
+            transcription = await _unless_disconnected(request, started)
+        except ClientDisconnected:
+            return Response(status_code=499)
     if options.stream:
         events = _stream_events(transcription, ticket, logprobs=logprobs)
         return StreamingResponse(events, media_type="text/event-stream")
     try:
-        segments = await cancel_on_disconnect(request.receive, transcription.all_segments())
+        segments = await _unless_disconnected(request, transcription.all_segments())
     except ClientDisconnected:
         return Response(status_code=499)
     body, media_type = formats.render(
@@ -94,6 +101,17 @@ async def _handle(
         include_logprobs=logprobs,
     )
     return Response(body, media_type=media_type)
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """``cancel_on_disconnect``, with an error of ``work`` raised as itself: its task group
+    wraps it in an ExceptionGroup, which would turn a 400 or 429 into a 500."""
+    try:
+        return await cancel_on_disconnect(request.receive, work)
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0]  # noqa: B904  # keep its own cause
+        raise
 
 
 def _form_fields(form: FormData) -> dict[str, Any]:

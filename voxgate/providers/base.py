@@ -8,7 +8,7 @@ upstreams will implement the same two protocols.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -43,21 +43,26 @@ class Segment:
     words: tuple[Word, ...] = ()
 
 
+AudioLoader = Callable[[], Awaitable[np.ndarray]]
+
+
 @dataclass(frozen=True)
 class TranscriptionJob:
-    """What to transcribe and how. ``audio`` is 16 kHz mono float32, already decoded."""
+    """What to transcribe and how.
+
+    ``load_audio`` returns the audio as 16 kHz mono float32 (decoding the upload and reserving
+    its cost). A provider awaits it only once it has admitted the job (the local engine: in its
+    engine slot), so decoding runs under the same admission as inference, and a job refused
+    or abandoned in the queue is never decoded and holds no reservation.
+    """
 
     engine_model: str
-    audio: np.ndarray
+    load_audio: AudioLoader
     task: Task = "transcribe"
     language: str | None = None
     prompt: str | None = None
     temperature: float | None = None
     word_timestamps: bool = False
-
-    @property
-    def duration_s(self) -> float:
-        return len(self.audio) / 16000
 
 
 @dataclass

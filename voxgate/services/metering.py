@@ -31,7 +31,7 @@ from voxgate.catalog import CatalogEntry, Endpoint, Pricing
 from voxgate.errors import DatabaseUnavailable, InsufficientQuota, PermissionDenied, VoxgateError
 from voxgate.money import micros_to_usd, usd_to_micros
 from voxgate.services.keys import Caller
-from voxgate.services.limits import Charge, Limiter, RateState
+from voxgate.services.limits import WINDOW_S, Charge, Limiter, RateState, refusal
 from voxgate.storage.keys import KeyStore
 from voxgate.storage.usage import Entry, Ledger, Usage
 
@@ -125,6 +125,58 @@ class Ticket:
         else:
             return
         self.rates += await self.meter.limiter.charge(key.id, [limit])
+
+    async def audio_allowance(self, audio_seconds: float | None) -> float | None:
+        """The seconds of audio this key can still pay for and fit in its audio-seconds bucket
+        (None: no bound), so an upload is refused before it is decoded, not after.
+
+        Raises InsufficientQuota or RateLimited (429) when it cannot afford ``audio_seconds``
+        (what a header claims, or what was decoded so far) or, for None, any audio at all. A
+        check, not a reservation: ``reserve`` on the decoded duration stays the exact one.
+        """
+        assert self.entry is not None, "authorize() first"
+        key = self.caller.key
+        if key is None:
+            return None
+        wanted = audio_seconds if audio_seconds is not None else 0.0
+        bounds: list[float] = []
+        budget_s = await self._affordable_audio_s()
+        if budget_s is not None:
+            if budget_s <= 0 or wanted > budget_s:
+                raise await self._quota_error(
+                    cost_micros(self.entry.pricing, audio_seconds=max(wanted, 0.001))
+                )
+            bounds.append(budget_s)
+        if limit := key.limits.audio_seconds_per_minute:
+            # A charge of nothing reads the bucket without changing what it holds.
+            (state,) = await self.meter.limiter.charge(
+                key.id, [Charge("audio-seconds", limit, 0.0)]
+            )
+            if state.remaining <= 0 or wanted > state.remaining:
+                used = limit - state.remaining
+                charge = Charge("audio-seconds", limit, max(wanted, 0.001))
+                excess = used + charge.cost - limit
+                wait_s = None if charge.cost > limit else excess * WINDOW_S / limit
+                raise refusal(key.id, charge, used, wait_s)
+            bounds.append(state.remaining)
+        return min(bounds) if bounds else None
+
+    async def _affordable_audio_s(self) -> float | None:
+        """Seconds of this model's audio the key's remaining budget pays for (None: unbounded)."""
+        assert self.entry is not None
+        key = self.caller.key
+        if key is None or key.bootstrap:
+            return None
+        stored = await self.meter.keys.get(key.id)
+        if stored is None or stored.budget_micros is None:
+            return None
+        left = stored.budget_micros - stored.spent_micros - stored.reserved_micros
+        per_request = usd_to_micros(self.entry.pricing.per_request or 0.0)
+        per_second = (self.entry.pricing.per_second or 0.0) * 1_000_000
+        if per_second <= 0:
+            return None if left >= per_request else 0.0
+        # Half a micro-USD of slack for rounding: reserve() makes the exact decision.
+        return (left - per_request + 0.5) / per_second
 
     async def _quota_error(self, cost: int) -> InsufficientQuota:
         """The refusal, with the key's budget as stored now (it may have changed since auth)."""

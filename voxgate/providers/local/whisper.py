@@ -13,12 +13,19 @@ sentence-sized segments, as a subtitle or a verbose_json reader expects.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
+import numpy as np
+
+from voxgate.audio import WHISPER_SAMPLE_RATE
 from voxgate.concurrency import EngineGate, iterate_in_thread, run_in_thread
+from voxgate.memory import release_memory
 from voxgate.providers.base import Segment, Transcription, TranscriptionJob, Word
 
 # Never let faster-whisper or huggingface_hub reach for the network.
@@ -33,6 +40,17 @@ _WINDOW_S = 30.0
 _MAX_SEGMENT_S = 15.0
 _SENTENCE_END = (".", "?", "!", "\u3002", "\uff1f", "\uff01")
 _FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+# After a job on more than this much audio (10 min: 38 MB of samples, and Whisper's features
+# beside them), give the freed heap back to the OS.
+_TRIM_AFTER_SAMPLES = 600 * WHISPER_SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class _Started:
+    """The first item of a job: Whisper's detected language and the decoded duration."""
+
+    info: TranscriptionInfo
+    duration_s: float
 
 
 class WhisperEngine:
@@ -61,23 +79,34 @@ class WhisperEngine:
 
     async def transcribe(self, job: TranscriptionJob) -> Transcription:
         stream = self._run(job)
-        info = await anext(stream)
-        assert isinstance(info, TranscriptionInfo)
-        language = job.language or info.language
+        started = await anext(stream)
+        assert isinstance(started, _Started)
+        language = job.language or started.info.language
         return Transcription(
             language=language,
-            language_probability=info.language_probability,
-            duration_s=job.duration_s,
+            language_probability=started.info.language_probability,
+            duration_s=started.duration_s,
             segments=stream,  # type: ignore[arg-type]  # only segments remain
         )
 
-    async def _run(self, job: TranscriptionJob) -> AsyncIterator[TranscriptionInfo | Segment]:
-        """Hold an engine slot for the whole job; yield the info first, then segments."""
+    async def _run(self, job: TranscriptionJob) -> AsyncIterator[_Started | Segment]:
+        """Hold an engine slot for the whole job, decoding included; yield ``_Started`` first,
+        then segments. Waiting for the slot and decoding stop when the consumer is cancelled."""
         async with self.gate.slot():
-            async for item in iterate_in_thread(lambda: self._decode(job)):
-                yield item
+            audio = await job.load_audio()
+            samples = len(audio)
+            decode = functools.partial(self._decode, job, audio)
+            del audio  # only ``decode`` holds the samples, so they go when it does
+            try:
+                async for item in iterate_in_thread(decode):
+                    yield item
+            finally:
+                del decode
+                if samples > _TRIM_AFTER_SAMPLES:
+                    with anyio.CancelScope(shield=True):
+                        await run_in_thread(release_memory)
 
-    def _decode(self, job: TranscriptionJob) -> Iterator[TranscriptionInfo | Segment]:
+    def _decode(self, job: TranscriptionJob, audio: np.ndarray) -> Iterator[_Started | Segment]:
         # OpenAI's temperature 0 means "start at 0, raise it when decoding fails"; any other
         # value is where that fallback schedule starts.
         start = job.temperature or 0.0
@@ -89,22 +118,23 @@ class WhisperEngine:
             temperature=temperature,
             initial_prompt=job.prompt or None,
         )
-        if job.duration_s <= _WINDOW_S:
+        duration_s = len(audio) / WHISPER_SAMPLE_RATE
+        if duration_s <= _WINDOW_S:
             raw_segments, info = self._model.transcribe(
-                job.audio, word_timestamps=job.word_timestamps, **options
+                audio, word_timestamps=job.word_timestamps, **options
             )
-            yield info
+            yield _Started(info, duration_s)
             for index, raw in enumerate(raw_segments):
                 yield _to_segment(index, raw, keep_words=job.word_timestamps)
             return
         raw_segments, info = self._batched.transcribe(
-            job.audio,
+            audio,
             batch_size=self._batch_size,
             without_timestamps=True,
             word_timestamps=True,
             **options,
         )
-        yield info
+        yield _Started(info, duration_s)
         index = 0
         for raw in raw_segments:
             for words in _sentences(raw.words or []):
@@ -132,9 +162,11 @@ class WhisperEngine:
 
     async def warm_up(self) -> None:
         """Run one tiny decode so the first real request does not pay for lazy initialisation."""
-        import numpy as np
 
-        job = TranscriptionJob(engine_model="warm-up", audio=np.zeros(16000, dtype=np.float32))
+        async def one_second_of_silence() -> np.ndarray:
+            return np.zeros(WHISPER_SAMPLE_RATE, dtype=np.float32)
+
+        job = TranscriptionJob(engine_model="warm-up", load_audio=one_second_of_silence)
         transcription = await self.transcribe(job)
         await transcription.all_segments()
 
