@@ -14,6 +14,7 @@ from voxgate.api import admin, health, models, speech, transcriptions, usage
 from voxgate.api.errors import install_error_handlers
 from voxgate.api.gateway import GatewayMiddleware
 from voxgate.api.middleware import RequestIdMiddleware, UploadLimitMiddleware
+from voxgate.api.openapi import install_openapi
 from voxgate.services.container import Services
 from voxgate.settings import Settings
 
@@ -36,11 +37,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loading.cancel()
             await services.close()
 
-    app = FastAPI(title="voxgate", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="voxgate", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.services = services
     install_error_handlers(app)
     for module in (speech, transcriptions, models, usage, admin, health):
         app.include_router(module.router)
+    install_openapi(app)
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(GatewayMiddleware, services=services)
     app.add_middleware(RequestIdMiddleware)
