@@ -1,9 +1,10 @@
 """The OpenAPI document tells the truth, /docs works offline, and schemathesis finds nothing.
 
 schemathesis generates requests for every operation in the server's own /openapi.json (from its
-examples, boundary values and random data) and checks each response: never a 5xx, and status,
-content type and JSON body as the document declares. With a fixed, small example budget it runs
-in CI in a couple of minutes; the seed is fixed, so a failure reproduces.
+examples and from valid and invalid random data) and checks each response: never a 5xx, and
+status, content type, headers and JSON body as the document declares. With a fixed, small
+example budget it runs in CI in a couple of minutes; generation is derandomized, so a failure
+reproduces.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from schemathesis.generation import GenerationMode
 from schemathesis.schemas import BaseSchema
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -68,6 +70,8 @@ def test_document_has_no_422_and_real_errors(document: dict[str, Any]) -> None:
             for code in errors:
                 schema = responses[code]["content"]["application/json"]["schema"]
                 assert schema == {"$ref": "#/components/schemas/ErrorEnvelope"}, (path, code)
+            for code, response in responses.items():
+                assert "x-request-id" in response["headers"], (path, code)
     speech = document["paths"]["/v1/audio/speech"]["post"]["responses"]
     assert set(speech) >= ERRORS
 
@@ -142,6 +146,7 @@ CHECKS = [
     schemathesis.checks.not_a_server_error,
     status_code_conformance,
     content_type_conformance,
+    response_headers_conformance,
     response_schema_conformance,
 ]
 
@@ -194,8 +199,14 @@ def test_schemathesis(api_schema: BaseSchema, method: str, path: str, mode: Gene
     fuzz()
 
 
-@pytest.mark.parametrize("path", ["/v1/audio/transcriptions", "/v1/audio/translations"])
-@pytest.mark.parametrize("response_format", ["verbose_json", "vtt"])
+@pytest.mark.parametrize(
+    ("path", "response_format"),
+    [
+        ("/v1/audio/transcriptions", "verbose_json"),  # application/json, TranscriptionVerbose
+        ("/v1/audio/transcriptions", "text"),  # text/plain
+        ("/v1/audio/translations", "vtt"),  # text/vtt
+    ],
+)
 def test_real_upload_matches_document(
     api_schema: BaseSchema,
     manifest: list[dict[str, Any]],
@@ -212,7 +223,7 @@ def test_real_upload_matches_document(
     )
     response = case.call_and_validate(
         headers={"Authorization": f"Bearer {API_KEY}"},
-        checks=[status_code_conformance, content_type_conformance, response_schema_conformance],
+        checks=CHECKS,
         timeout=120,
     )
     assert response.status_code == 200, response.text

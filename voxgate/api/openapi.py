@@ -29,6 +29,12 @@ _REF = "#/components/schemas/{model}"
 _ENVELOPE = {"$ref": "#/components/schemas/ErrorEnvelope"}
 _BINARY = {"type": "string", "format": "binary"}
 _TEXT = {"type": "string"}
+_REQUEST_ID = {
+    "description": "This request's id; error messages end with it too.",
+    "required": True,
+    "schema": {"type": "string"},
+}
+_RETRY_AFTER = {"description": "Seconds to wait before retrying.", "schema": {"type": "string"}}
 
 #: What each error status means on voxgate (the error tree in ``voxgate/errors.py``).
 _ERROR_DESCRIPTIONS = {
@@ -148,12 +154,17 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
                     "description": _ERROR_DESCRIPTIONS[status],
                     "content": {"application/json": {"schema": _ENVELOPE}},
                 }
+                if status in (429, 503):
+                    responses[str(status)]["headers"] = {"Retry-After": _RETRY_AFTER}
             operation["security"] = [] if path in _PUBLIC_PATHS else [{"bearer": []}]
             if path == "/v1/audio/speech":
                 responses["200"] = _speech_ok()
             elif path in _UPLOAD_PATHS:
                 operation["requestBody"] = _upload_body(form)
                 responses["200"] = _transcript_ok()
+            for response in responses.values():
+                response.setdefault("headers", {})["x-request-id"] = _REQUEST_ID
+            operation["responses"] = dict(sorted(responses.items()))
     return document
 
 
