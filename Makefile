@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint bench bench-gateway
+.PHONY: serve test lint bench bench-gateway audit
 
 serve: $(VENV)/.installed-serve
 	$(BIN)/voxgate serve
@@ -15,7 +15,13 @@ test: $(VENV)/.installed-test
 	$(BIN)/ruff check voxgate tests bench
 	$(BIN)/ruff format --check voxgate tests bench
 	$(BIN)/mypy
+	$(MAKE) --no-print-directory audit
 	$(BIN)/python -m pytest
+
+# pip-audit over the installed packages: fails on a known vulnerability, says so in one line and
+# passes where the vulnerability service cannot be reached.
+audit: $(VENV)/.installed-test
+	$(BIN)/python scripts/audit.py
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_core.py

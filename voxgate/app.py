@@ -15,6 +15,7 @@ from voxgate.api import admin, health, models, speech, transcriptions, usage
 from voxgate.api.errors import install_error_handlers
 from voxgate.api.gateway import GatewayMiddleware
 from voxgate.api.middleware import BodyGuardMiddleware, RequestIdMiddleware
+from voxgate.api.openapi import install_openapi
 from voxgate.services.container import Services
 from voxgate.settings import Settings
 
@@ -40,11 +41,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.close()
 
     # No trailing-slash redirects: a client following one would make a second, metered request.
-    app = FastAPI(title="voxgate", version=__version__, lifespan=lifespan, redirect_slashes=False)
+    app = FastAPI(
+        title="voxgate",
+        version=__version__,
+        lifespan=lifespan,
+        redirect_slashes=False,
+        docs_url=None,  # served offline by install_openapi
+        redoc_url=None,
+    )
     app.state.services = services
     install_error_handlers(app)
     for module in (speech, transcriptions, models, usage, admin, health):
         app.include_router(module.router)
+    install_openapi(app)
     # Added innermost first: RequestId → CORS → Gateway (auth, admission) → BodyGuard → routes.
     app.add_middleware(
         BodyGuardMiddleware,
