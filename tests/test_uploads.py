@@ -217,6 +217,7 @@ def test_a_key_that_cannot_pay_is_refused_before_decoding_the_upload(
     error = assert_error_envelope(response, 429, None)
     assert error["code"] == "insufficient_quota"
     assert growth[0] < PEAK_GROWTH_MAX_MB, growth
+    wait_until(lambda: uploads.ledger.rows(key.id), "the refusal's row")
     (row,) = uploads.ledger.rows(key.id)
     row = uploads.ledger.settled([row["request_id"]])[row["request_id"]]
     assert (row["status"], row["cost_micros"], row["reserved_micros"]) == ("rejected", 0, 0)

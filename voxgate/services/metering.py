@@ -165,8 +165,8 @@ class Ticket:
         """Seconds of this model's audio the key's remaining budget pays for (None: unbounded)."""
         assert self.entry is not None
         key = self.caller.key
-        if key is None or key.bootstrap:
-            return None
+        if key is None or key.bootstrap or key.budget_micros is None:
+            return None  # no budget (as authenticated): nothing to read
         stored = await self.meter.keys.get(key.id)
         if stored is None or stored.budget_micros is None:
             return None
