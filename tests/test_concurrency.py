@@ -63,7 +63,7 @@ def test_health_stays_fast_while_engines_work(server: Server) -> None:
                 UPLOAD,
                 files={"file": ("s.mp3", sonnet)},
                 data={"model": "whisper-1"},
-                timeout=600,  # four jobs in a row on a busy machine can exceed the default
+                timeout=1800,  # a hang guard: four jobs in a row took over 600 s on a busy machine
             )
             return response, time.monotonic() - started
 
@@ -160,7 +160,7 @@ def full_transcription(chunked: Server, long_clip: bytes) -> Cost:
             UPLOAD,
             files={"file": ("long.flac", long_clip)},
             data={"model": "whisper-1"},
-            timeout=600,
+            timeout=1800,
         )
     assert response.status_code == 200, response.text
     assert "printing" in response.json()["text"].lower()
@@ -191,7 +191,7 @@ def test_closed_stream_stops_transcription(
             UPLOAD,
             files={"file": ("long.flac", long_clip)},
             data={"model": "whisper-1", "stream": "true"},
-            timeout=600,
+            timeout=1800,
         ) as response,
     ):
         assert response.status_code == 200

@@ -254,7 +254,7 @@ def test_saturated_engine_answers_503(saturated: Server) -> None:
                     UPLOAD,
                     files={"file": ("long.flac", long_clip)},
                     data={"model": "whisper-1"},
-                    timeout=600,
+                    timeout=1800,
                 )
         finally:
             first_done.set()
@@ -304,7 +304,7 @@ def test_saturated_engine_answers_503(saturated: Server) -> None:
             )
         assert speech.status_code == 200
 
-        response = first.result(timeout=600)
+        response = first.result(timeout=1800)
     assert response.status_code == 200, response.text
     assert "printing" in response.json()["text"].lower()
 
