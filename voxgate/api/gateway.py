@@ -4,10 +4,13 @@ Auth runs before any body is read, so a caller without a valid key gets 401 what
 Only ``POST`` to an audio endpoint's exact path is metered: a wrong method (405), a trailing
 slash or any other unknown path (404) costs nothing, writes no ledger row and uses no
 requests-per-minute allowance. The admin key is refused on /v1 outside /v1/organization, so it
-can never be served as an anonymous, unmetered caller. On the audio endpoints the request is
-admitted (concurrency slot, requests per minute) before
-its upload is read, the ``x-ratelimit-*`` headers are added to the response, and the request's
-ticket is finished after the last byte was sent, the client left, or the handler failed.
+can never be served as an anonymous, unmetered caller.
+
+On the audio endpoints the request is admitted (concurrency slot, requests per minute) before
+its upload is read, so a slow upload holds its key's slot until ``BodyGuardMiddleware`` cuts it
+off (``VOXGATE_BODY_IDLE_TIMEOUT_S`` / ``VOXGATE_BODY_TIMEOUT_S``); the ``x-ratelimit-*``
+headers are added to the response, and the request's ticket is finished after the last byte
+was sent, the client left, or the handler failed.
 """
 
 from __future__ import annotations
