@@ -4,7 +4,8 @@ Why: the engines run in threads, but anything done on the event loop (encoding, 
 GIL held by a hot thread) shows up as latency on routes that do no work at all. This keeps
 Piper busy with long tts-1 streams and Whisper with a long transcription, polls the three
 routes one after another from one client for ``--seconds``, and prints p50 / p99 / max per
-route (wall clock, so a busy machine shows in the numbers; compare runs on the same machine).
+route. The same polling with the engines idle comes first: latencies are wall clock, so a
+machine busy with other work shows in both, and only the difference is ours.
 
 Run: ``.venv/bin/python bench/cheap_routes.py [--seconds 30] [--audio-dir PATH]``.
 """
@@ -58,6 +59,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = server_env(Path(tmp), {"VOXGATE_API_KEYS": KEY})
         with running_server(env, Path(tmp) / "server.log", timeout_s=1200) as server:
+            idle = poll(server.base_url, args.seconds / 2)  # the same machine, engines idle
             stop = threading.Event()
             workers = [
                 threading.Thread(target=keep_busy, args=(server.base_url, stop, kind, clip))
@@ -65,32 +67,40 @@ def main() -> None:
             ]
             for worker in workers:
                 worker.start()
-            latencies: dict[str, list[float]] = {route: [] for route in ROUTES}
-            busy_polls = 0
-            headers = {"Authorization": f"Bearer {KEY}"}
-            with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as probe:
-                time.sleep(5)  # let both engines start their first jobs
-                deadline = time.monotonic() + args.seconds
-                while time.monotonic() < deadline:
-                    for route in ROUTES:
-                        started = time.perf_counter()
-                        response = probe.get(route)
-                        latencies[route].append(time.perf_counter() - started)
-                        assert response.status_code == 200, (route, response.status_code)
-                        if route == "/health":
-                            load = response.json()["engines"]
-                            busy_polls += all(load[e]["running"] for e in ENGINES)
-                    time.sleep(0.02)
+            time.sleep(5)  # let both engines start their first jobs
+            busy = poll(server.base_url, args.seconds)
             stop.set()
             for worker in workers:
                 worker.join()
-    polls = len(latencies["/health"])
     log(f"load average after: {load_average()}")
-    print(f"{polls} rounds; every engine running in {busy_polls} of them")
-    print(f"{'route':<12} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    for route, values in latencies.items():
-        p50, p99 = percentile(values, 50) * 1000, percentile(values, 99) * 1000
-        print(f"{route:<12} {p50:8.1f} {p99:8.1f} {max(values) * 1000:8.1f}")
+    for name, (latencies, busy_rounds) in (("engines idle", idle), ("engines busy", busy)):
+        rounds = len(latencies["/health"])
+        print(f"{name}: {rounds} rounds; Piper and Whisper both running in {busy_rounds}")
+        print(f"  {'route':<12} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+        for route, values in latencies.items():
+            p50, p99 = percentile(values, 50) * 1000, percentile(values, 99) * 1000
+            print(f"  {route:<12} {p50:8.1f} {p99:8.1f} {max(values) * 1000:8.1f}")
+
+
+def poll(base_url: str, seconds: float) -> tuple[dict[str, list[float]], int]:
+    """Request each cheap route in turn for ``seconds``: latencies per route, and in how many
+    rounds /health showed both engines running."""
+    latencies: dict[str, list[float]] = {route: [] for route in ROUTES}
+    busy_rounds = 0
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=30) as probe:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for route in ROUTES:
+                started = time.perf_counter()
+                response = probe.get(route)
+                latencies[route].append(time.perf_counter() - started)
+                assert response.status_code == 200, (route, response.status_code)
+                if route == "/health":
+                    load = response.json()["engines"]
+                    busy_rounds += all(load[e]["running"] for e in ENGINES)
+            time.sleep(0.02)
+    return latencies, busy_rounds
 
 
 if __name__ == "__main__":
