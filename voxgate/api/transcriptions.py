@@ -1,8 +1,9 @@
 """POST /v1/audio/transcriptions and /v1/audio/translations (one shared form parser).
 
-The form is read with Starlette's multipart parser, which spools the file to disk past 1 MB,
-so uploads never sit whole in memory. Arrays arrive as repeated ``key[]`` parts (what the
-official SDK and OpenAI's curl examples send) or as plain repeated ``key``.
+The form is read by ``api/forms.py`` (Starlette's multipart parser, strict about text parts),
+which spools the file to disk past 1 MB, so uploads never sit whole in memory. Arrays arrive as
+repeated ``key[]`` parts (what the official SDK and OpenAI's curl examples send) or as plain
+repeated ``key``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from starlette.datastructures import FormData, UploadFile
 from voxgate import formats, schemas
 from voxgate.api.deps import ServicesDep, TicketDep
 from voxgate.api.errors import validation_response
+from voxgate.api.forms import read_multipart
 from voxgate.catalog import Endpoint
 from voxgate.concurrency import ClientDisconnected, cancel_on_disconnect
 from voxgate.errors import InvalidRequest
@@ -51,7 +53,8 @@ async def create_translation(
 async def _handle(
     request: Request, services: Services, ticket: Ticket, task: Task, endpoint: Endpoint
 ) -> Response:
-    async with request.form(max_files=1, max_fields=_MAX_FIELDS) as form:
+    form = await read_multipart(request, max_files=1, max_fields=_MAX_FIELDS)
+    try:
         upload = form.get("file")
         try:
             options = schemas.TranscriptionForm.model_validate(_form_fields(form))
@@ -83,6 +86,8 @@ async def _handle(
             transcription = await _unless_disconnected(request, started)
         except ClientDisconnected:
             return Response(status_code=499)
+    finally:
+        await form.close()
     if options.stream:
         events = _stream_events(transcription, ticket, logprobs=logprobs)
         return StreamingResponse(events, media_type="text/event-stream")
