@@ -11,6 +11,7 @@ from __future__ import annotations
 from contextlib import aclosing
 
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
@@ -48,12 +49,16 @@ class _StrictParser(MultiPartParser):
             raise InvalidRequest(exc.message, param=self._current_part.field_name or None) from None
 
 
-async def read_multipart(request: Request, *, max_files: int, max_fields: int) -> FormData:
-    """The request's multipart form; an empty form for any other content type, so that the
-    first required field is what the client is told is missing."""
+async def read_form(request: Request, *, max_files: int, max_fields: int) -> FormData:
+    """The request's form. Multipart is parsed strictly; a URL-encoded form (which cannot carry
+    a file) as Starlette does; any other body as an empty form, so that the first required
+    field is what the client is told is missing."""
     content_type = request.headers.get("content-type", "")
     if content_type.split(";", 1)[0].strip().lower() != "multipart/form-data":
-        return FormData()
+        try:
+            return await request.form(max_files=max_files, max_fields=max_fields)
+        except HTTPException as exc:
+            raise InvalidRequest(f"The form is malformed: {exc.detail}") from None
     async with aclosing(request.stream()) as stream:
         parser = _StrictParser(
             request.headers,

@@ -20,7 +20,7 @@ from starlette.datastructures import FormData, UploadFile
 from voxgate import formats, schemas
 from voxgate.api.deps import ServicesDep, TicketDep
 from voxgate.api.errors import validation_response
-from voxgate.api.forms import read_multipart
+from voxgate.api.forms import read_form
 from voxgate.catalog import Endpoint
 from voxgate.concurrency import ClientDisconnected, cancel_on_disconnect
 from voxgate.errors import InvalidRequest
@@ -53,7 +53,7 @@ async def create_translation(
 async def _handle(
     request: Request, services: Services, ticket: Ticket, task: Task, endpoint: Endpoint
 ) -> Response:
-    form = await read_multipart(request, max_files=1, max_fields=_MAX_FIELDS)
+    form = await read_form(request, max_files=1, max_fields=_MAX_FIELDS)
     try:
         upload = form.get("file")
         try:
