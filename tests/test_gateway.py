@@ -589,12 +589,13 @@ def test_model_allowlist_refuses_other_models_with_403_model_not_allowed(
 # --- a dependency that fails -------------------------------------------------------------------
 
 
-def test_an_unreachable_redis_is_a_500_with_the_request_id_not_a_refusal(
+def test_an_unreachable_redis_is_a_503_with_the_request_id_not_a_refusal(
     start_server: StartServer, sqlite_url: str
 ) -> None:
-    """With Redis down, a limited key's request fails cleanly: a 500 ``internal_error``
-    envelope that names the request id in its header and message, and a "failed" row (not a
-    "rejected" 429), so operators are not told that their customers hit a limit."""
+    """With Redis down (and the default VOXGATE_LIMITS_ON_REDIS_DOWN=closed), a limited key's
+    request fails cleanly: a retryable 503 ``limits_unavailable`` envelope that names the request
+    id in its header and message, and a "failed" row (not a "rejected" 429), so operators are not
+    told that their customers hit a limit."""
     with start_server(
         VOXGATE_DATABASE_URL=sqlite_url, VOXGATE_REDIS_URL="redis://127.0.0.1:1/0"
     ) as server:
@@ -604,11 +605,13 @@ def test_an_unreachable_redis_is_a_500_with_the_request_id_not_a_refusal(
                 "/v1/audio/speech",
                 json={"model": "espeak-ng", "voice": "en-us", "input": "Hello."},
             )
-    assert response.status_code == 500, response.text
+    assert response.status_code == 503, response.text
+    assert response.headers["x-should-retry"] == "true"
+    assert "retry-after" in response.headers
     error = response.json()["error"]
-    assert (error["type"], error["code"]) == ("server_error", "internal_error")
+    assert (error["type"], error["code"]) == ("server_error", "limits_unavailable")
     request_id = response.headers["x-request-id"]
     assert request_id in error["message"]
     with LedgerReader(sqlite_url) as ledger:
         row = ledger.settled([request_id])[request_id]
-    assert (row["status"], row["http_status"], row["cost_micros"]) == ("failed", 500, 0)
+    assert (row["status"], row["http_status"], row["cost_micros"]) == ("failed", 503, 0)

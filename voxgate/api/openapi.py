@@ -43,13 +43,14 @@ _ERROR_DESCRIPTIONS = {
     403: "This key may not do this: a model outside its allowlist, another key's usage, "
     "or the admin API is off.",
     404: "Unknown model, API key or resource.",
+    408: "The request body arrived too slowly (VOXGATE_BODY_IDLE_TIMEOUT_S, _BODY_TIMEOUT_S).",
     413: "The request body is larger than the server accepts.",
     429: "Rate limit (retry after `Retry-After` seconds) or spent budget (do not retry).",
     500: "An engine or the server failed (retryable).",
     503: "Overloaded, still loading, or a dependency is down: retry after `Retry-After` seconds.",
 }
 
-_AUDIO_IN = (400, 401, 403, 404, 413, 429, 500, 503)
+_AUDIO_IN = (400, 401, 403, 404, 408, 413, 429, 500, 503)
 _AUTHENTICATED = (401, 500, 503)
 _USAGE = (400, 401, 403, 500, 503)
 _ADMIN = (400, 401, 403, 500, 503)
@@ -65,16 +66,18 @@ OPERATION_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/v1/organization/usage/audio_translations"): _USAGE,
     ("get", "/v1/organization/usage/audio_speeches"): _USAGE,
     ("get", "/v1/organization/costs"): _USAGE,
-    ("post", "/admin/keys"): (*_ADMIN, 413),
+    ("post", "/admin/keys"): (*_ADMIN, 408, 413),
     ("get", "/admin/keys"): _ADMIN,
     ("get", "/admin/keys/{key_id}"): (*_ADMIN, 404),
-    ("patch", "/admin/keys/{key_id}"): (*_ADMIN, 404, 413),
+    ("patch", "/admin/keys/{key_id}"): (*_ADMIN, 404, 408, 413),
     ("delete", "/admin/keys/{key_id}"): (*_ADMIN, 404),
     ("post", "/admin/keys/{key_id}/revoke"): (*_ADMIN, 404),
     ("get", "/health"): (503,),
+    ("get", "/health/live"): (500,),
+    ("get", "/health/ready"): (503,),
 }
 _UPLOAD_PATHS = ("/v1/audio/transcriptions", "/v1/audio/translations")
-_PUBLIC_PATHS = ("/api/models", "/health")
+_PUBLIC_PATHS = ("/api/models", "/health", "/health/live", "/health/ready")
 #: Component schemas the handlers return or read outside FastAPI's view.
 _EXTRA_MODELS: tuple[tuple[type[BaseModel], Literal["validation", "serialization"]], ...] = (
     (schemas.ErrorEnvelope, "serialization"),
