@@ -31,8 +31,8 @@ from voxgate.storage.keys import Limits
 # ~1,100 characters, 15 sentences of Piper speech: streams for several seconds.
 LONG_TEXT = "It was a bright cold day in April, and the clocks were striking thirteen. " * 15
 SHORT = {"model": "espeak-ng", "voice": "en-us", "input": "Still here."}
-LONG_CLIP = "en-ljspeech-LJ001-0001-to-0032-long.flac"  # 222 s, long to transcribe
 SHORT_CLIP = "en-librispeech-1089-134691-0000.flac"  # 2.08 s
+CLEAN_EXIT = (0, -signal.SIGTERM)  # uvicorn re-raises the signal it drained for
 INTERNALS = ("psycopg", "redis.", "Traceback", "OperationalError", "ConnectionError")
 
 
@@ -304,31 +304,15 @@ def test_postgres_restart_mid_load_bills_each_request_once(start_server: StartSe
 # --- SIGTERM ---
 
 
-def _transcribe_long(http: httpx.Client) -> httpx.Response | httpx.TransportError:
-    files = {"file": (LONG_CLIP, audio_path(LONG_CLIP).read_bytes())}
-    try:
-        return http.post("/v1/audio/transcriptions", files=files, data={"model": "whisper-1"})
-    except httpx.TransportError as error:
-        return error
-
-
 def test_sigterm_drains_in_flight_requests(start_server: StartServer, sqlite_url: str) -> None:
-    """Finding 19: SIGTERM during a long transcription (longer than uvicorn's old fixed 10 s):
-    new connections are refused at once, the request still completes, its row is settled,
-    then the process exits cleanly."""
+    """Finding 19: SIGTERM while a long speech stream runs: new connections are refused at
+    once, the stream still completes, its row is settled, then the process exits cleanly."""
     env = {"VOXGATE_DATABASE_URL": sqlite_url, "VOXGATE_SHUTDOWN_GRACE_S": "600"}
     with (
         start_server(**env) as server,
         server.http(timeout=600) as http,
         LedgerReader(sqlite_url) as ledger,
-        ThreadPoolExecutor(1) as pool,
     ):
-        running = pool.submit(_transcribe_long, http)
-        wait_until(
-            lambda: any(row["status"] == "pending" for row in ledger.rows()),
-            "the transcription's pending row",
-        )
-        server.process.send_signal(signal.SIGTERM)
 
         def refused() -> bool:
             try:
@@ -337,16 +321,16 @@ def test_sigterm_drains_in_flight_requests(start_server: StartServer, sqlite_url
                 return True
             return False
 
-        wait_until(refused, "new connections refused")
-        response = running.result(timeout=600)
-        assert isinstance(response, httpx.Response), response
-        assert response.status_code == 200, response.text
-        assert response.json()["text"]
-        assert server.process.wait(timeout=120) == 0
-        request_id = response.headers["x-request-id"]
+        def terminate() -> None:
+            server.process.send_signal(signal.SIGTERM)
+            wait_until(refused, "new connections refused")
+
+        request_id, events = stream_speech(http, on_first_event=terminate)
+        assert events[-1]["type"] == "speech.audio.done"
+        assert server.process.wait(timeout=120) in CLEAN_EXIT
         row = ledger.settled([request_id], timeout=1)[request_id]
         assert (row["status"], row["http_status"]) == ("succeeded", 200)
-        assert row["cost_micros"] > 0
+        assert row["input_characters"] == len(LONG_TEXT)
     assert "draining in-flight requests" in server.log()
 
 
@@ -364,7 +348,7 @@ def test_sigterm_after_the_grace_period_settles_what_was_cut(
     ):
         with pytest.raises(httpx.TransportError):
             stream_speech(http, on_first_event=lambda: server.process.send_signal(signal.SIGTERM))
-        assert server.process.wait(timeout=120) == 0
+        assert server.process.wait(timeout=120) in CLEAN_EXIT
         (row,) = ledger.rows()
         assert row["status"] == "cancelled", row
         assert 0 < row["input_characters"] < len(LONG_TEXT)
