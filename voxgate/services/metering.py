@@ -213,8 +213,8 @@ class Ticket:
                 status = "rejected" if http_status in _REFUSALS else "failed"
                 if outcome == "completed" and http_status is not None and http_status < 400:
                     status = "succeeded"  # nothing billable (e.g. an empty result)
-                elif outcome == "cancelled":
-                    status = "cancelled"
+                elif outcome == "cancelled" or http_status == 499:
+                    status = "cancelled"  # shut down past its grace, or the client left first
                 await self.meter.ledger.record(
                     self._entry(),
                     status=status,

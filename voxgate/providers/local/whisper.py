@@ -24,7 +24,7 @@ import anyio
 import numpy as np
 
 from voxgate.audio import WHISPER_SAMPLE_RATE
-from voxgate.concurrency import EngineGate, iterate_in_thread, run_in_thread
+from voxgate.concurrency import EngineGate, iterate_in_thread, run_in_engine_thread, run_in_thread
 from voxgate.memory import release_memory
 from voxgate.providers.base import Segment, Transcription, TranscriptionJob, Word
 
@@ -92,13 +92,13 @@ class WhisperEngine:
     async def _run(self, job: TranscriptionJob) -> AsyncIterator[_Started | Segment]:
         """Hold an engine slot for the whole job, decoding included; yield ``_Started`` first,
         then segments. Waiting for the slot and decoding stop when the consumer is cancelled."""
-        async with self.gate.slot():
+        async with self.gate.slot() as deadline:
             audio = await job.load_audio()
             samples = len(audio)
             decode = functools.partial(self._decode, job, audio)
             del audio  # only ``decode`` holds the samples, so they go when it does
             try:
-                async for item in iterate_in_thread(decode):
+                async for item in iterate_in_thread(decode, deadline=deadline):
                     yield item
             finally:
                 del decode
@@ -211,7 +211,8 @@ def _to_segment(index: int, raw: FwSegment, *, keep_words: bool) -> Segment:
 
 
 async def load_whisper(model_dir: Path, gate: EngineGate, **options: Any) -> WhisperEngine:
-    return await run_in_thread(lambda: WhisperEngine(model_dir, gate, **options))
+    # In a low-priority thread: CTranslate2's pool inherits it (see lower_thread_priority).
+    return await run_in_engine_thread(lambda: WhisperEngine(model_dir, gate, **options))
 
 
 def _secs(value: float) -> float:
