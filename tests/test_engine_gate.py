@@ -37,6 +37,30 @@ async def wait_for(predicate: object, what: str) -> None:
         await asyncio.sleep(0.001)
 
 
+def test_a_running_job_longer_than_the_average_raises_the_estimate() -> None:
+    """Just after start-up the average job time is the 1 s guess; a job that has already run
+    100 s makes the expected wait at least that, so the next request is refused at once instead
+    of being queued behind it (its start is moved back, not waited for)."""
+
+    async def scenario() -> None:
+        gate = EngineGate("faster-whisper", workers=1, queue_size=16, max_wait_s=30)
+        release, running = asyncio.Event(), asyncio.Event()
+        first = asyncio.create_task(hold(gate, release, running))
+        await running.wait()
+        assert gate.expected_wait_s() == pytest.approx(1.0, abs=0.5)
+        (job,) = gate._started
+        gate._started[job] -= 100  # the running job began 100 s ago
+        assert gate.job_estimate_s() == pytest.approx(100, abs=1)
+        with pytest.raises(Overloaded) as refused:
+            async with gate.slot():
+                pytest.fail("admitted behind a job already past the bound")
+        assert refused.value.retry_after_s is not None and refused.value.retry_after_s >= 70
+        release.set()
+        await asyncio.wait_for(first, SAFETY_S)
+
+    asyncio.run(scenario())
+
+
 def test_expected_wait_over_the_bound_is_refused_at_once() -> None:
     """One job running, one queued: a third request would wait two average jobs, over the
     bound, and gets 503 server_overloaded with a Retry-After at once (the queue has room)."""

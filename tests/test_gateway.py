@@ -495,7 +495,12 @@ def test_every_request_by_a_key_has_exactly_one_row_under_its_request_id(
 ) -> None:
     """Successes, 400s, 403, 404 and a 429 each leave exactly one row whose request_id is the
     response's x-request-id and whose http_status is the response's; 401s leave none."""
-    key, secret = gateway.key(models=["espeak-ng", "whisper-1"], limits=Limits(rpm=7))
+    # The 429 comes from a request larger than a whole minute's characters: no refill, however
+    # slow the machine, can let it through (an rpm limit could refill between requests).
+    key, secret = gateway.key(
+        models=["espeak-ng", "whisper-1"], limits=Limits(characters_per_minute=50)
+    )
+    too_long = "This sentence is far longer than the key's whole minute allows."
     short = {"file": (SHORT_CLIP, audio_path(SHORT_CLIP).read_bytes())}
     speech = "/v1/audio/speech"
     say = {"model": "espeak-ng", "voice": "en-us", "input": "One row each."}
@@ -511,7 +516,7 @@ def test_every_request_by_a_key_has_exactly_one_row_under_its_request_id(
         ),
         (403, speech, {"json": {**say, "model": "tts-1"}}),
         (404, speech, {"json": {**say, "model": "no-such-model"}}),
-        (429, speech, {"json": say}),  # the 8th request: rpm=7
+        (429, speech, {"json": {**say, "input": too_long}}),
     ]
     statuses: dict[str, int] = {}
     with gateway.server.http_for(secret) as http:

@@ -192,6 +192,7 @@ class EngineGate:
         self._running = 0
         self._waiting = 0
         self._avg_job_s = 1.0
+        self._started: dict[object, float] = {}  # running job → time.monotonic() it began
 
     @property
     def running(self) -> int:
@@ -203,12 +204,20 @@ class EngineGate:
 
     def retry_after_s(self) -> int:
         backlog = (self._waiting + self._running) / self.workers
-        return max(1, round(backlog * self._avg_job_s))
+        return max(1, round(backlog * self.job_estimate_s()))
 
     def expected_wait_s(self) -> float:
         """How long a request arriving now would wait for a worker, from recent job times."""
         ahead = self._waiting + self._running - self.workers + 1
-        return max(0.0, ahead / self.workers * self._avg_job_s)
+        return max(0.0, ahead / self.workers * self.job_estimate_s())
+
+    def job_estimate_s(self) -> float:
+        """How long a job takes: the recent average, or longer while the oldest running job has
+        already run longer. Just after start-up the average knows only the warm-up (a burst
+        would be admitted against a 1 s guess), and a job that has run 12 s takes at least 12 s.
+        """
+        now = time.monotonic()
+        return max([self._avg_job_s, *(now - started for started in self._started.values())])
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[JobDeadline | None]:
@@ -233,6 +242,8 @@ class EngineGate:
             )
         self._running += 1
         started = time.monotonic()
+        job = object()
+        self._started[job] = started
         deadline = None
         if self.job_timeout_s is not None:
             deadline = JobDeadline(self.name, self.job_timeout_s, started + self.job_timeout_s)
@@ -240,6 +251,7 @@ class EngineGate:
             yield deadline
         finally:
             self._running -= 1
+            del self._started[job]
             self._semaphore.release()
             self._avg_job_s = 0.8 * self._avg_job_s + 0.2 * (time.monotonic() - started)
 

@@ -96,6 +96,10 @@ class GatewayMiddleware:
                 # same connection can arrive while the slot still looks taken. Best effort:
                 # it never raises, so it cannot cut the response it precedes.
                 await ticket.release_slot()
+                if status is not None and status >= 400:
+                    # An error's row is written before its last byte, so a replica killed just
+                    # after answering still leaves it. (A success is settled once delivered.)
+                    await ticket.finish_shielded(status, "completed")
             await send(message)
 
         outcome: Outcome = "failed"
