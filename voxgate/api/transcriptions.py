@@ -8,9 +8,9 @@ repeated ``key``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
@@ -30,7 +30,6 @@ from voxgate.services.metering import Ticket
 from voxgate.services.transcription import start_transcription
 
 router = APIRouter()
-T = TypeVar("T")
 
 _ARRAY_FIELDS = ("timestamp_granularities", "include")
 _MAX_FIELDS = 64
@@ -83,7 +82,7 @@ async def _handle(
             word_timestamps=words or logprobs,
         )
         try:
-            transcription = await _unless_disconnected(request, started)
+            transcription = await cancel_on_disconnect(request.receive, started)
         except ClientDisconnected:
             return Response(status_code=499)
     finally:
@@ -92,7 +91,7 @@ async def _handle(
         events = _stream_events(transcription, ticket, logprobs=logprobs)
         return StreamingResponse(events, media_type="text/event-stream")
     try:
-        segments = await _unless_disconnected(request, transcription.all_segments())
+        segments = await cancel_on_disconnect(request.receive, transcription.all_segments())
     except ClientDisconnected:
         return Response(status_code=499)
     body, media_type = formats.render(
@@ -106,17 +105,6 @@ async def _handle(
         include_logprobs=logprobs,
     )
     return Response(body, media_type=media_type)
-
-
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """``cancel_on_disconnect``, with an error of ``work`` raised as itself: its task group
-    wraps it in an ExceptionGroup, which would turn a 400 or 429 into a 500."""
-    try:
-        return await cancel_on_disconnect(request.receive, work)
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0]  # noqa: B904  # keep its own cause
-        raise
 
 
 def _form_fields(form: FormData) -> dict[str, Any]:
