@@ -16,6 +16,7 @@ from voxgate.api.errors import install_error_handlers
 from voxgate.api.gateway import GatewayMiddleware
 from voxgate.api.middleware import BodyGuardMiddleware, RequestIdMiddleware
 from voxgate.api.openapi import install_openapi
+from voxgate.console import console_router
 from voxgate.services.container import Services
 from voxgate.settings import Settings
 
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (speech, transcriptions, models, usage, admin, health):
         app.include_router(module.router)
     install_openapi(app)
+    app.include_router(console_router())  # the web console at /
     # Added innermost first: RequestId → CORS → Gateway (auth, admission) → BodyGuard → routes.
     app.add_middleware(
         BodyGuardMiddleware,
