@@ -127,6 +127,7 @@ class PcmPlayer {
     node.connect(this.sink);
     const at = Math.max(this.next, this.context.currentTime + 0.05);
     node.start(at);
+    if (!this.lastNode && this.onFirstAudio) this.onFirstAudio((at - this.context.currentTime) * 1000);
     this.next = at + buffer.duration;
     this.lastNode = node;
   }
@@ -226,9 +227,10 @@ export function initSpeech() {
     delete stats.dataset.firstAudio;
     delete stats.dataset.complete;
     stats.textContent = "Synthesising…";
-    // currentTime moving is what the listener hears; "playing" alone can precede sound.
+    // currentTime moving is what the listener hears; "playing" alone can precede sound. (A
+    // MediaStream's clock runs from the start, so Web Audio reports when its first samples play.)
     const onTime = () => {
-      if (audio.currentTime > 0 && times.firstAudio === undefined) {
+      if (mode !== "web-audio" && audio.currentTime > 0 && times.firstAudio === undefined) {
         times.firstAudio = performance.now() - started;
         report();
       }
@@ -236,6 +238,12 @@ export function initSpeech() {
     audio.addEventListener("timeupdate", onTime);
     const player =
       mode === "source-buffer" ? new SourceBufferPlayer(audio, MEDIA[format]) : mode === "web-audio" ? new PcmPlayer(audio, format) : null;
+    if (player instanceof PcmPlayer) {
+      player.onFirstAudio = (delay) => {
+        times.firstAudio = performance.now() - started + delay;
+        report();
+      };
+    }
     $("speech-submit").disabled = true;
     $("speech-stop").disabled = false;
     const chunks = [];
@@ -272,6 +280,7 @@ export function initSpeech() {
       if (err.name !== "AbortError") showError(error, err);
       stats.textContent = err.name === "AbortError" ? "Stopped." : "";
     } finally {
+      audio.removeEventListener("timeupdate", onTime);
       $("speech-submit").disabled = false;
       $("speech-stop").disabled = true;
     }
