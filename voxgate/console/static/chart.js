@@ -9,26 +9,29 @@ function node(tag, attrs = {}, text) {
   return element;
 }
 
-/** A round axis maximum above `max` (1, 2 or 5 times a power of ten). */
-function niceMax(max) {
-  if (max <= 0) return 1;
-  const power = 10 ** Math.floor(Math.log10(max));
-  return [1, 2, 5, 10].map((m) => m * power).find((m) => m >= max);
+/** The axis top: four steps of 1, 2, 2.5 or 5 times a power of ten (whole steps for counts). */
+function axisTop(max, whole) {
+  if (max <= 0) return whole ? 4 : 1;
+  const power = 10 ** Math.floor(Math.log10(max / 4));
+  const step = [1, 2, 2.5, 5, 10]
+    .map((m) => m * power)
+    .find((s) => s * 4 >= max && (!whole || Number.isInteger(s)));
+  return step * 4;
 }
 
 /**
- * buckets: [{label, values: {series: number}}]; series: [names]; format(value) → text.
+ * buckets: [{label, values: {series: number}}]; series: [names]; format(value) → text;
+ * whole: the values are counts (axis steps are whole numbers); width: the drawing's pixels.
  * Returns the <svg>.
  */
-export function barChart(buckets, series, format) {
-  const width = 800;
-  const height = 280;
+export function barChart(buckets, series, format, whole = false, width = 800) {
+  const height = width < 500 ? 220 : 280;
   const pad = { left: 64, right: 12, top: 12, bottom: 36 };
   const plotW = width - pad.left - pad.right;
   const plotH = height - pad.top - pad.bottom;
   const totals = buckets.map((b) => series.reduce((sum, s) => sum + (b.values[s] || 0), 0));
-  const top = niceMax(Math.max(0, ...totals));
-  const svg = node("svg", { viewBox: `0 0 ${width} ${height}`, class: "bars", preserveAspectRatio: "none" });
+  const top = axisTop(Math.max(0, ...totals), whole);
+  const svg = node("svg", { viewBox: `0 0 ${width} ${height}`, class: "bars", width, height });
   for (let i = 0; i <= 4; i++) {
     const y = pad.top + plotH - (plotH * i) / 4;
     svg.append(node("line", { x1: pad.left, x2: width - pad.right, y1: y, y2: y, class: "grid" }));
@@ -36,7 +39,7 @@ export function barChart(buckets, series, format) {
   }
   const slot = plotW / Math.max(1, buckets.length);
   const barW = Math.max(1, slot * 0.72);
-  const every = Math.ceil(buckets.length / 8);
+  const every = Math.ceil(buckets.length / Math.max(2, Math.floor(plotW / 90)));
   buckets.forEach((bucket, index) => {
     const x = pad.left + index * slot + (slot - barW) / 2;
     let y = pad.top + plotH;

@@ -118,7 +118,8 @@ export function initUsage() {
     chart.dataset.metric = metric;
     chart.dataset.total = String(sum(table));
     chart.setAttribute("aria-label", `${metric} per ${data.width} bucket, ${format(sum(table))} in total`);
-    chart.replaceChildren(barChart(buckets, series, format));
+    const whole = metric === "requests" || metric === "characters";
+    chart.replaceChildren(barChart(buckets, series, format, whole, Math.max(300, chart.clientWidth || 800)));
     legend.replaceChildren(
       ...(series.length
         ? series.map((s, i) => el("li", {}, el("span", { class: "swatch", style: null, "data-colour": String(i) }), `${s}: ${format(seriesTotals[s])}`))
@@ -135,5 +136,10 @@ export function initUsage() {
   $("usage-range").addEventListener("change", load);
   $("usage-group").addEventListener("change", load);
   $("usage-metric").addEventListener("change", render);
+  let resizing = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizing);
+    resizing = setTimeout(render, 150);
+  });
   return { show: load };
 }
