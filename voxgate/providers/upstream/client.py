@@ -31,6 +31,8 @@ from voxgate.providers.config import Provider
 from voxgate.providers.upstream.breaker import Breaker
 
 log = logging.getLogger("voxgate.upstream")
+# httpx logs every request at INFO: one line per attempt is noise here (and costs time).
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 _ERROR_BODY_MAX = 64 * 1024
