@@ -22,7 +22,7 @@ from voxgate.api.deps import CleanupDep, ServicesDep, TicketDep
 from voxgate.api.errors import validation_response
 from voxgate.api.forms import read_form
 from voxgate.api.relayed import streaming
-from voxgate.catalog import CatalogEntry, Endpoint
+from voxgate.catalog import TRANSCRIPTIONS, TRANSLATIONS, CatalogEntry, Endpoint
 from voxgate.concurrency import ClientDisconnected, cancel_on_disconnect
 from voxgate.errors import InvalidRequest
 from voxgate.providers.base import Segment, Task, Transcription
@@ -43,20 +43,18 @@ _ARRAY_FIELDS = ("timestamp_granularities", "include")
 _MAX_FIELDS = 64
 
 
-@router.post("/v1/audio/transcriptions")
+@router.post(TRANSCRIPTIONS)
 async def create_transcription(
     request: Request, services: ServicesDep, ticket: TicketDep, cleanup: CleanupDep
 ) -> Response:
-    return await _handle(
-        request, services, ticket, cleanup, "transcribe", "/v1/audio/transcriptions"
-    )
+    return await _handle(request, services, ticket, cleanup, "transcribe", TRANSCRIPTIONS)
 
 
-@router.post("/v1/audio/translations")
+@router.post(TRANSLATIONS)
 async def create_translation(
     request: Request, services: ServicesDep, ticket: TicketDep, cleanup: CleanupDep
 ) -> Response:
-    return await _handle(request, services, ticket, cleanup, "translate", "/v1/audio/translations")
+    return await _handle(request, services, ticket, cleanup, "translate", TRANSLATIONS)
 
 
 async def _handle(
