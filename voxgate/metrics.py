@@ -23,7 +23,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-disable_created_metrics()  # no ``*_created`` series: they double the output and say little
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no ``*_created`` series: they double the output and say little
 
 #: Routes that get their own ``endpoint`` label; every other path is counted as ``other``.
 ENDPOINTS = frozenset(

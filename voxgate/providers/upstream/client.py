@@ -42,10 +42,16 @@ class AttemptFailed(Exception):
     """An attempt that may be retried or failed over (nothing reached the client yet)."""
 
     def __init__(
-        self, reason: str, *, status: int | None = None, retry_after_s: float | None = None
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        timed_out: bool = False,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.timed_out = timed_out
         self.status = status
         self.retry_after_s = retry_after_s
 
@@ -87,7 +93,7 @@ class UpstreamClient:
         try:
             response = await self._client.send(request, stream=True)
         except httpx.TimeoutException:
-            raise AttemptFailed("timeout") from None
+            raise AttemptFailed("timeout", timed_out=True) from None
         except httpx.HTTPError as exc:
             raise AttemptFailed(f"connection error ({type(exc).__name__})") from None
         status = response.status_code
