@@ -38,6 +38,8 @@ from fake_upstream import DEFAULT_TEXT, FakeUpstream
 UPSTREAM_KEY = "sk-upstream-provider-secret"
 SHORT_CLIP = "en-librispeech-1089-134686-0001.flac"  # 3.27 s, "STUFF IT INTO YOU HIS BELLY…"
 SHORT_CLIP_S = 3.27
+LONG_CLIP = "en-ljspeech-LJ001-0001-to-0032-long.flac"  # 5.7 MB FLAC
+LONG_CLIP_S = 221.75
 PER_SECOND = 0.0001  # $ per second for every routed speech-to-text model below
 PER_M_CHARS = 15.0
 
@@ -273,6 +275,25 @@ def test_503_is_retried_then_falls_back_replaying_the_same_bytes(
     assert [r["model"] for r in records] == ["fail-503", "fail-503", "whisper-1"]
     assert {r["file"]["sha256"] for r in records} == {_sha(data)}
     assert {r["file"]["size"] for r in records} == {len(data)}
+
+
+def test_a_large_upload_is_replayed_from_disk_and_billed_on_its_real_length(
+    gateway: Server, fake: FakeUpstream, gateway_db: str, metered_key: str
+) -> None:
+    """5.7 MB (past the 1 MiB kept in memory, so spooled to disk): three attempts, one row."""
+    data = audio_path(LONG_CLIP).read_bytes()
+    with gateway.http_for(metered_key) as http:
+        response = http.post(
+            "/v1/audio/transcriptions",
+            data={"model": "up-503"},
+            files={"file": ("long.flac", data, "audio/flac")},
+        )
+    assert response.status_code == 200, response.text
+    records = fake.requests()
+    assert len(records) == 3
+    assert {(r["file"]["sha256"], r["file"]["size"]) for r in records} == {(_sha(data), len(data))}
+    row = _row(gateway_db, response.headers["x-request-id"])
+    assert row["input_audio_ms"] == pytest.approx(LONG_CLIP_S * 1000, rel=0.01)
 
 
 def test_flaky_upstream_succeeds_on_the_retry(gateway: Server, fake: FakeUpstream) -> None:
