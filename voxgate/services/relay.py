@@ -6,7 +6,8 @@ deliver → settle (the gateway, once the last byte left or the client did).
 - **Measure**: an upload is billed on the seconds voxgate itself counts by demuxing it
   (``audio.measure_duration``), never on an upstream's ``usage`` or ``duration``. It runs in a
   thread while the first attempt is already under way, so it adds no latency; nothing is
-  delivered before its cost is reserved. Speech is billed on input characters, as locally.
+  delivered before its cost is reserved (the reservation, too, runs alongside the first
+  attempt; a local target waits for it). Speech is billed on input characters, as locally.
 - **Route**: ``Router.walk`` tries the chain; each remote attempt sends the spooled upload
   anew, byte for byte, from disk (``MultipartBody``), with the provider's key only.
 - **Deliver**: the upstream's body is relayed chunk by chunk as it arrives, untouched (same
@@ -27,10 +28,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import httpx
@@ -60,6 +61,7 @@ from voxgate.uploads import SpooledUpload
 log = logging.getLogger("voxgate.relay")
 
 ROUTE_HEADER = "x-voxgate-route"
+T = TypeVar("T")
 
 
 @dataclass
@@ -68,7 +70,7 @@ class Delivery:
 
     route: Target
     media_type: str
-    body: AsyncIterator[bytes]
+    body: AsyncIterator[bytes] | bytes  # bytes: a small answer read whole before delivery
     status_code: int = 200
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -150,11 +152,14 @@ async def relay_speech(
     """Speech for a routed model. ``raw`` is the client's JSON, passed on as it was sent
     (only ``model`` is replaced by each target's upstream model name)."""
     characters = len(body.input)
-    await ticket.reserve(characters=characters)
+    # Reserved while the first attempt is under way; nothing is delivered before it holds.
+    reserved = asyncio.create_task(ticket.reserve(characters=characters))
+    cleanup.push_async_callback(_cancel, reserved)
     voice = body.voice if isinstance(body.voice, str) else body.voice.id
 
     async def attempt(target: Target, client: UpstreamClient | None) -> Delivery:
         if client is None:
+            await asyncio.shield(reserved)  # no engine time for what the key cannot pay
             return await _local_speech(router, catalog, ticket, target, body, voice, cleanup)
         opened = await _open(
             client, "audio/speech", prefetch=True, json_body={**raw, "model": target.model}
@@ -177,10 +182,28 @@ async def relay_speech(
         kind = opened.response.headers.get("content-type") or media_type(body.response_format)
         return Delivery(target, kind, stream, opened.response.status_code)
 
-    target, delivery = await router.walk(entry, attempt)
+    target, delivery = await _alongside(reserved, router.walk(entry, attempt))
     ticket.route = target.label
     delivery.headers.update(_route_headers(target, entry))
     return delivery
+
+
+async def _alongside(check: asyncio.Task[Any], work: Awaitable[T]) -> T:
+    """``work`` and ``check`` at once; ``check``'s error (a quota refused, audio that is not
+    audio) wins and cancels ``work``, whose opened responses ``cleanup`` closes."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(check)
+    except BaseException:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise
+    try:
+        return await task
+    except BaseException:
+        task.cancel()
+        raise
 
 
 async def _local_speech(
@@ -269,27 +292,34 @@ async def relay_transcription(
             headers=multipart.headers,
         )
         cleanup.push_async_callback(_close_response, opened.response)
+        if _small_answer(opened.response):
+            # Not a stream: read whole (it is small), so one cut short is retried like any
+            # failed attempt; delivered as one body with its length.
+            try:
+                body = await opened.response.aread()
+            except httpx.HTTPError:
+                raise AttemptFailed("answer broke off before it was complete") from None
+            finally:
+                await _close_response(opened.response)
+            kind = opened.response.headers.get("content-type") or "application/json"
+            return Delivery(target, kind, body, opened.response.status_code)
         return _relayed_transcription(target, opened, ticket, measured)
 
-    walk = asyncio.create_task(router.walk(entry, attempt))
-    try:
-        await asyncio.shield(measured)
-    except BaseException:
-        walk.cancel()
-        with contextlib.suppress(BaseException):
-            await walk  # a result that was ready is closed by ``cleanup``
-        raise
-    finally:
-        cleanup.push_async_callback(_cancel, measured)
-    try:
-        target, result = await walk
-    except BaseException:
-        walk.cancel()
-        raise
+    cleanup.push_async_callback(_cancel, measured)
+    target, result = await _alongside(measured, router.walk(entry, attempt))
     ticket.route = target.label
     if isinstance(result, Delivery):
         result.headers.update(_route_headers(target, entry))
     return result
+
+
+_SMALL_ANSWER_BYTES = 1024 * 1024
+
+
+def _small_answer(response: httpx.Response) -> bool:
+    length = _content_length(response)
+    kind = response.headers.get("content-type", "")
+    return length is not None and length <= _SMALL_ANSWER_BYTES and "event-stream" not in kind
 
 
 def _relayed_transcription(
@@ -314,7 +344,7 @@ async def _measure_and_reserve(ticket: Ticket, upload: SpooledUpload, max_s: flo
     return seconds
 
 
-async def _cancel(task: asyncio.Task[float]) -> None:
+async def _cancel(task: asyncio.Task[Any]) -> None:
     if not task.done():
         task.cancel()
         with contextlib.suppress(BaseException):
