@@ -81,6 +81,38 @@ def probe_duration(source: BinaryIO) -> float | None:
         source.seek(0)
 
 
+def measure_duration(source: BinaryIO, *, max_s: float) -> float:
+    """Seconds of audio in the first audio stream, counted packet by packet by demuxing.
+
+    This is what a routed (upstream) request is billed on: what the upload really holds, not
+    what its header claims or an upstream reports. Demuxing reads the container without
+    decoding (milliseconds for minutes of audio); a packet that states no duration is decoded
+    to count its samples. Raises AudioTooLong past ``max_s``, InvalidAudio for no audio.
+    """
+    source.seek(0)
+    total = 0.0
+    packets = 0
+    try:
+        with av.open(source, mode="r", metadata_errors="ignore") as container:
+            stream = _audio_stream(container)
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue
+                packets += 1
+                if packet.duration and packet.time_base is not None:
+                    total += float(packet.duration * packet.time_base)
+                else:
+                    total += sum(frame.samples / frame.sample_rate for frame in packet.decode())
+                if total > max_s:
+                    raise audio_too_long(max_s)
+    except _DECODE_ERRORS as exc:
+        if packets == 0:
+            raise _undecodable() from exc
+    if packets == 0:
+        raise _undecodable()
+    return total
+
+
 class WhisperDecoder:
     """Decodes one upload to 16 kHz mono float32 in [-1, 1], frame by frame, within a bound.
 

@@ -86,6 +86,15 @@ class Settings(BaseSettings):
     catalog_file: Path | None = None
     """A TOML model catalog that replaces the one shipped with voxgate."""
 
+    config_file: Path | None = None
+    """This TOML file (set only as the `VOXGATE_CONFIG_FILE` environment variable) gives these
+    settings and the upstream `[providers.NAME]` and routed `[[models]]` (see "Upstream
+    providers"), checked at start-up."""
+
+    local_engines: Literal["on", "off"] = "on"
+    """`off`: load no local engine and serve no local model (shipped models and `local:`
+    targets are dropped): a pure gateway that starts in about a second."""
+
     max_upload_mb: float = Field(default=25.0, gt=0)
     """Largest accepted upload body for transcriptions and translations, in MiB."""
 

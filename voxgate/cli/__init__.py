@@ -42,6 +42,7 @@ def serve(
 
     from voxgate.api.protocol import header_timeout_protocol
     from voxgate.app import create_app
+    from voxgate.providers.config import ConfigError
     from voxgate.services.container import Services
     from voxgate.settings import serve_refusal
 
@@ -59,7 +60,11 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    application = create_app(settings)
+    try:
+        application = create_app(settings)
+    except ConfigError as exc:
+        typer.echo(f"voxgate: refusing to start: {exc}", err=True)
+        raise typer.Exit(2) from None
     services: Services = application.state.services
 
     class DrainingServer(uvicorn.Server):

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from voxgate.catalog import Catalog
+from voxgate.providers.config import apply_to_catalog, load_upstream_config
 from voxgate.providers.local import LocalProvider
+from voxgate.providers.upstream.client import UpstreamClient
 from voxgate.services.keys import Authenticator
 from voxgate.services.limits import Limiter, MemoryLimiter
 from voxgate.services.metering import Meter
@@ -55,7 +57,10 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> Services:
         catalog = Catalog.load(settings.catalog_file)
+        upstream = load_upstream_config(settings.config_file)
+        apply_to_catalog(catalog, upstream, local_engines=settings.local_engines == "on")
         local = LocalProvider(settings, catalog)
+        clients = {name: UpstreamClient(provider) for name, provider in upstream.providers.items()}
         db = Database(settings.database)
         keys = KeyStore(db)
         ledger = Ledger(db, settings.instance, Journal(journal_path(settings)))
@@ -63,7 +68,7 @@ class Services:
             settings=settings,
             catalog=catalog,
             local=local,
-            router=Router({"local": local}),
+            router=Router(local, clients),
             db=db,
             keys=keys,
             ledger=ledger,
@@ -92,4 +97,5 @@ class Services:
 
     async def close(self) -> None:
         await self.meter.close()
+        await self.router.aclose()
         await self.db.close()

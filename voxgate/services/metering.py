@@ -72,6 +72,7 @@ class Ticket:
     output_audio_s: float = 0.0
     slot_held: bool = False
     finished: bool = False
+    route: str | None = None  # the target serving it, once routed (``provider:model``)
 
     def headers(self) -> dict[str, str]:
         """``x-ratelimit-*`` for every limit this request was charged against."""
@@ -294,6 +295,7 @@ class Ticket:
             model=self.entry.id if self.entry else "",
             instance_id=self.meter.ledger.instance_id,
             created_at=self.created_at,
+            route=self.route,
         )
 
 
