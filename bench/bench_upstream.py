@@ -38,6 +38,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -89,7 +90,10 @@ HIGH_LIMITS = Limits(
 )
 BUDGET_MICROS = 1_000_000 * 1_000_000  # $1,000,000
 SPEECH_TEXT = "Hello there, this is the pass-through benchmark speaking."
-TARGETS = ("direct", "voxgate", "litellm")
+# Every 2xx answer each target gave, warm-ups included: voxgate's ledger must hold as many rows.
+SENT_OK: Counter[str] = Counter()
+TARGETS = ("direct", "voxgate", "voxgate-nofreeze", "voxgate-bootstrap", "litellm")
+FIRST_BYTE_TARGETS = ("direct", "voxgate", "litellm")
 # Which upstream model each gateway's model name stands for.
 MODELS = {
     "whisper": ("bench-whisper", "whisper-1"),
@@ -109,9 +113,9 @@ class Case:
 
 
 CASES = (
-    Case("transcription 50 KB", "whisper", "/v1/audio/transcriptions", 50_000, {1: 400, 32: 3000}),
-    Case("transcription 2 MB", "whisper", "/v1/audio/transcriptions", 2_000_000, {1: 100, 32: 600}),
-    Case("speech 20 KB", "tts", "/v1/audio/speech", 0, {1: 400, 32: 3000}),
+    Case("transcription 50 KB", "whisper", "/v1/audio/transcriptions", 50_000, {1: 300, 32: 1600}),
+    Case("transcription 2 MB", "whisper", "/v1/audio/transcriptions", 2_000_000, {1: 60, 32: 320}),
+    Case("speech 20 KB", "tts", "/v1/audio/speech", 0, {1: 300, 32: 1600}),
 )
 
 
@@ -270,6 +274,7 @@ def hey(target: Target, path: str, body: Body, requests: int, concurrency: int) 
         ends.append(float(row["offset"]) + seconds)
         if status.startswith("2"):
             latencies.append(seconds * 1000)
+    SENT_OK[target.name] += len(latencies)
     missing = requests - sum(statuses.values())
     if missing:
         statuses["error"] += missing  # connection errors leave no CSV row
@@ -346,6 +351,7 @@ async def first_bytes(target: Target, kind: str, repeats: int, upload: bytes) ->
                 await response.aclose()
                 if response.status_code == 200:
                     result.complete += 1
+                    SENT_OK[target.name] += 1
             except httpx.HTTPError as exc:
                 log(f"  first byte {target.name}: {type(exc).__name__}: {exc}")
             end = time.perf_counter()
@@ -479,47 +485,61 @@ def litellm_version(python: Path) -> str:
     return subprocess.run(command, capture_output=True, text=True).stdout.strip()
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A voxgate configuration to measure: which key meters the requests, which settings."""
+
+    stored_key: bool  # a key row with a budget and every limit, else a bootstrap key
+    env: tuple[tuple[str, str], ...] = ()
+
+
+VARIANTS = {
+    "voxgate": Variant(stored_key=True),
+    "voxgate-nofreeze": Variant(stored_key=True, env=(("VOXGATE_GC_FREEZE", "false"),)),
+    "voxgate-bootstrap": Variant(stored_key=False),
+}
+
+
 @contextlib.contextmanager
 def voxgate_gateway(
-    work: Path, upstream_base_url: str, extra_env: dict[str, str]
+    work: Path, name: str, upstream_base_url: str, extra_env: dict[str, str]
 ) -> Iterator[Target]:
-    data_dir = work / "voxgate-data"
+    variant = VARIANTS[name]
+    data_dir = work / f"{name}-data"
     data_dir.mkdir(exist_ok=True)
     config = work / "voxgate.toml"
     config.write_text(voxgate_config(upstream_base_url))
-    database_url = f"sqlite:///{data_dir / 'voxgate.db'}"
-    secret = asyncio.run(create_stored_key(database_url))
-    env = server_env(
-        data_dir,
-        {
-            "VOXGATE_CONFIG_FILE": str(config),
-            "VOXGATE_LOCAL_ENGINES": "off",
-            "BENCH_UPSTREAM_KEY": UPSTREAM_KEY,
-            **extra_env,
-        },
-    )
-    server = start_server(env, work / "voxgate.log")
+    settings = {
+        "VOXGATE_CONFIG_FILE": str(config),
+        "VOXGATE_LOCAL_ENGINES": "off",
+        "BENCH_UPSTREAM_KEY": UPSTREAM_KEY,
+        **dict(variant.env),
+        **extra_env,
+    }
+    if variant.stored_key:
+        secret = asyncio.run(create_stored_key(f"sqlite:///{data_dir / 'voxgate.db'}"))
+    else:
+        secret = f"sk-bench-bootstrap-{os.urandom(8).hex()}"
+        settings["VOXGATE_API_KEYS"] = secret
+    server = start_server(server_env(data_dir, settings), work / f"{name}.log")
     try:
         wait_healthy([server], STARTUP_TIMEOUT_S)
-        log(f"voxgate on {server.base_url} (pid {server.pid})")
-        yield Target("voxgate", server.base_url, secret, server.pid, gateway=True)
+        log(f"{name} on {server.base_url} (pid {server.pid})")
+        yield Target(name, server.base_url, secret, server.pid, gateway=True)
     finally:
         stop_server(server)
 
 
-def ledger_summary(work: Path) -> dict[str, Any]:
+def ledger_summary(work: Path, name: str) -> dict[str, Any]:
     """Rows in voxgate's ledger by status, to check one row per request, none pending."""
-    path = work / "voxgate-data" / "voxgate.db"
+    path = work / f"{name}-data" / "voxgate.db"
     if not path.exists():
         return {}
     with contextlib.closing(sqlite3.connect(path)) as connection:
-        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
-        if "usage" not in tables:
-            return {"tables": sorted(tables)}
-        columns = {row[1] for row in connection.execute("PRAGMA table_info(usage)")}
-        group = "status" if "status" in columns else "1"
-        rows = connection.execute(f"SELECT {group}, COUNT(*) FROM usage GROUP BY {group}")
-        return {"rows_by_status": {str(k): int(v) for k, v in rows}}
+        rows = connection.execute("SELECT status, COUNT(*) FROM usage_records GROUP BY status")
+        by_status = {str(k): int(v) for k, v in rows}
+        routes = connection.execute("SELECT route, COUNT(*) FROM usage_records GROUP BY route")
+        return {"rows_by_status": by_status, "rows_by_route": {str(k): int(v) for k, v in routes}}
 
 
 # --- profile --------------------------------------------------------------------------------
@@ -594,8 +614,9 @@ def summarise_profile(collapsed: str, top: int = 25) -> dict[str, Any]:
 def report(results: Results) -> str:
     by = {(b.case, b.concurrency, b.target): b for b in results.batches}
     lines = [
-        "| case | c | target | p50 ms | p99 ms | added p50 ms | req/s | x LiteLLM req/s | errors |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| case | c | target | p50 ms | p99 ms | added p50 ms | req/s | x LiteLLM req/s "
+        "| CPU ms/req | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in CASES:
         for concurrency in case.requests:
@@ -610,9 +631,11 @@ def report(results: Results) -> str:
                 )
                 ratio = f"{batch.rps / litellm.rps:.2f}" if litellm and litellm.rps else ""
                 errors = batch.requests - batch.ok
+                cpu = 1000 * batch.target_cpu_s / batch.ok if batch.ok else float("nan")
                 lines.append(
                     f"| {case.name} | {concurrency} | {name} | {batch.p50_ms:.2f} | "
-                    f"{batch.p99_ms:.2f} | {added} | {batch.rps:.0f} | {ratio} | {errors} |"
+                    f"{batch.p99_ms:.2f} | {added} | {batch.rps:.0f} | {ratio} | {cpu:.2f} "
+                    f"| {errors} |"
                 )
     if results.first_bytes:
         lines += [
@@ -635,6 +658,8 @@ def report(results: Results) -> str:
 
 
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so every server this started is stopped by its PID.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies request counts")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "upstream.json")
@@ -675,8 +700,10 @@ def main() -> None:
         work = Path(tmp)
         log(f"fake upstream on {upstream.base_url} (pid {upstream.pid})")
         targets = [Target("direct", upstream.url, UPSTREAM_KEY, upstream.pid, gateway=False)]
-        if "voxgate" in wanted:
-            targets.append(stack.enter_context(voxgate_gateway(work, upstream.base_url, extra_env)))
+        for name in VARIANTS:
+            if name in wanted:
+                gateway = voxgate_gateway(work, name, upstream.base_url, extra_env)
+                targets.append(stack.enter_context(gateway))
         if "litellm" in wanted:
             targets.append(
                 stack.enter_context(litellm_proxy(args.litellm_venv, work, upstream.base_url))
@@ -701,18 +728,19 @@ def main() -> None:
                 turn += 1
         small = uploads[min(uploads)]
         for kind in ("drip-tts", "drip-whisper"):
-            for target in targets:
+            for target in [t for t in targets if t.name in FIRST_BYTE_TARGETS]:
                 results.first_bytes.append(
                     asyncio.run(first_bytes(target, kind, args.first_byte_repeats, small))
                 )
-        results.ledger = ledger_summary(work)
+        results.ledger = {name: ledger_summary(work, name) for name in VARIANTS if name in wanted}
+        results.ledger["sent_2xx"] = dict(SENT_OK)
         voxgate = next((t for t in targets if t.name == "voxgate"), None)
         if args.profile and voxgate is not None:
             (REPO / "bench" / "results").mkdir(exist_ok=True)
             results.profile = profile_voxgate(
                 voxgate, list(CASES), bodies, work, args.profile_seconds
             )
-        for name in ("voxgate.log", "litellm.log"):
+        for name in [*(f"{v}.log" for v in VARIANTS), "litellm.log"]:
             if (work / name).exists():
                 tail = (work / name).read_text(errors="replace")[-1500:]
                 if tail.strip():
