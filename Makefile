@@ -12,11 +12,15 @@ serve: $(VENV)/.installed-serve
 
 test: $(VENV)/.installed-test
 	scripts/ensure-services.sh
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory audit
+	$(BIN)/python -m pytest
+
+# ruff (lint and format) and mypy (strict), as CI runs them.
+lint: $(VENV)/.installed-test
 	$(BIN)/ruff check voxgate tests bench
 	$(BIN)/ruff format --check voxgate tests bench
 	$(BIN)/mypy
-	$(MAKE) --no-print-directory audit
-	$(BIN)/python -m pytest
 
 # pip-audit over the installed packages: fails on a known vulnerability, says so in one line and
 # passes where the vulnerability service cannot be reached.

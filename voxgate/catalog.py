@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -26,11 +26,16 @@ Feature = Literal[
     "streaming",
 ]
 Endpoint = Literal["/v1/audio/transcriptions", "/v1/audio/translations", "/v1/audio/speech"]
+#: The metered endpoints' paths: the one definition every module uses.
+TRANSCRIPTIONS: Final[Endpoint] = "/v1/audio/transcriptions"
+TRANSLATIONS: Final[Endpoint] = "/v1/audio/translations"
+SPEECH: Final[Endpoint] = "/v1/audio/speech"
+UPLOAD_ENDPOINTS: Final[tuple[Endpoint, ...]] = (TRANSCRIPTIONS, TRANSLATIONS)
 
 ENDPOINT_FEATURES: dict[Endpoint, Feature] = {
-    "/v1/audio/transcriptions": "speech-to-text",
-    "/v1/audio/translations": "translation",
-    "/v1/audio/speech": "text-to-speech",
+    TRANSCRIPTIONS: "speech-to-text",
+    TRANSLATIONS: "translation",
+    SPEECH: "text-to-speech",
 }
 
 #: OpenAI's built-in voice names; every text-to-speech model answers them with its default voice.

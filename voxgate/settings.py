@@ -151,6 +151,15 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the server."""
 
+    log_format: Literal["text", "json"] = "text"
+    """Server log format: `text` (readable lines) or `json` (one object per line). Either way
+    each request gets one access line (`voxgate.access`) with its request id, key id, endpoint,
+    model, status, duration, time to first byte, audio seconds or characters and cost."""
+
+    metrics: Literal["off", "on", "admin"] = "off"
+    """Prometheus metrics at `/metrics`: `off` (404), `on` (open to anyone who can reach the
+    port: keep it on an internal network) or `admin` (needs the admin key as a bearer token)."""
+
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:

@@ -9,6 +9,7 @@ from voxgate import schemas
 from voxgate.api.deps import CleanupDep, ServicesDep, TicketDep
 from voxgate.api.relayed import streaming
 from voxgate.audio import media_type
+from voxgate.catalog import SPEECH
 from voxgate.concurrency import ClientDisconnected, cancel_on_disconnect
 from voxgate.errors import InvalidRequest
 from voxgate.services.relay import relay_speech
@@ -23,7 +24,7 @@ from voxgate.services.speech import (
 router = APIRouter()
 
 
-@router.post("/v1/audio/speech")
+@router.post(SPEECH)
 async def create_speech(
     request: Request,
     body: schemas.SpeechRequest,
@@ -31,7 +32,7 @@ async def create_speech(
     ticket: TicketDep,
     cleanup: CleanupDep,
 ) -> Response:
-    entry = services.catalog.for_endpoint(body.model, "/v1/audio/speech")
+    entry = services.catalog.for_endpoint(body.model, SPEECH)
     ticket.authorize(entry)
     if entry.model.serve:  # routed: upstream targets, maybe local fallback
         raw = await request.json()

@@ -22,7 +22,7 @@ from voxgate.api.deps import CleanupDep, ServicesDep, TicketDep
 from voxgate.api.errors import validation_response
 from voxgate.api.forms import read_form
 from voxgate.api.relayed import streaming
-from voxgate.catalog import CatalogEntry, Endpoint
+from voxgate.catalog import TRANSCRIPTIONS, TRANSLATIONS, CatalogEntry, Endpoint
 from voxgate.concurrency import ClientDisconnected, cancel_on_disconnect
 from voxgate.errors import InvalidRequest
 from voxgate.providers.base import Segment, Task, Transcription
@@ -40,23 +40,25 @@ from voxgate.uploads import SpooledUpload
 router = APIRouter()
 
 _ARRAY_FIELDS = ("timestamp_granularities", "include")
+#: Request header that adds each segment's ``start`` and ``end`` (seconds) to the streamed
+#: ``transcript.text.delta`` events: a voxgate extension (OpenAI's events carry no times), which
+#: the ``voxgate transcribe`` progress bar and its srt/vtt output are built from.
+SEGMENT_TIMES_HEADER = "x-voxgate-segment-times"
 _MAX_FIELDS = 64
 
 
-@router.post("/v1/audio/transcriptions")
+@router.post(TRANSCRIPTIONS)
 async def create_transcription(
     request: Request, services: ServicesDep, ticket: TicketDep, cleanup: CleanupDep
 ) -> Response:
-    return await _handle(
-        request, services, ticket, cleanup, "transcribe", "/v1/audio/transcriptions"
-    )
+    return await _handle(request, services, ticket, cleanup, "transcribe", TRANSCRIPTIONS)
 
 
-@router.post("/v1/audio/translations")
+@router.post(TRANSLATIONS)
 async def create_translation(
     request: Request, services: ServicesDep, ticket: TicketDep, cleanup: CleanupDep
 ) -> Response:
-    return await _handle(request, services, ticket, cleanup, "translate", "/v1/audio/translations")
+    return await _handle(request, services, ticket, cleanup, "translate", TRANSLATIONS)
 
 
 async def _handle(
@@ -146,7 +148,8 @@ async def _handle(
     finally:
         await form.close()
     if options.stream:
-        events = _stream_events(transcription, ticket, logprobs=logprobs)
+        times = request.headers.get(SEGMENT_TIMES_HEADER, "").lower() in ("1", "true", "on")
+        events = _stream_events(transcription, ticket, logprobs=logprobs, times=times)
         return StreamingResponse(events, media_type="text/event-stream", headers=route_headers)
     try:
         segments = await cancel_on_disconnect(request.receive, transcription.all_segments())
@@ -210,7 +213,7 @@ def _check_combinations(options: schemas.TranscriptionForm) -> None:
 
 
 async def _stream_events(
-    transcription: Transcription, ticket: Ticket, *, logprobs: bool
+    transcription: Transcription, ticket: Ticket, *, logprobs: bool, times: bool = False
 ) -> AsyncIterator[bytes]:
     """``transcript.text.delta`` as each segment is decoded, then ``transcript.text.done``.
 
@@ -222,7 +225,10 @@ async def _stream_events(
             text = segment.text if segments else segment.text.lstrip()
             segments.append(segment)
             delta = schemas.TranscriptTextDelta(
-                delta=text, logprobs=formats.logprobs([segment]) if logprobs else None
+                delta=text,
+                logprobs=formats.logprobs([segment]) if logprobs else None,
+                start=round(segment.start, 3) if times else None,
+                end=round(segment.end, 3) if times else None,
             )
             yield _sse(delta)
             ticket.deliver(audio_until_s=segment.end)

@@ -31,6 +31,7 @@ from voxgate.errors import (
     UpstreamUnavailable,
     VoxgateError,
 )
+from voxgate.metrics import count_fallback, count_upstream_attempt
 from voxgate.providers.base import SpeechProvider, TranscriptionProvider
 from voxgate.providers.config import Target
 from voxgate.providers.local import LocalProvider
@@ -87,7 +88,8 @@ class Router:
             more = position + 1 < len(chain)
             if target.local:
                 try:
-                    return target, await attempt(target, None)
+                    served = await attempt(target, None)
+                    return _served(entry, position, target), served
                 except VoxgateError as exc:
                     if not (exc.retryable and more):
                         raise
@@ -103,7 +105,8 @@ class Router:
                     param="model",
                 )
             try:
-                return target, await self._attempts(upstream, target, attempt)
+                result = await self._attempts(upstream, target, attempt)
+                return _served(entry, position, target), result
             except (AttemptFailed, UpstreamAuthFailed, _CircuitOpen) as exc:
                 last = exc
                 if more:
@@ -120,6 +123,7 @@ class Router:
                 result = await attempt(target, upstream)
             except AttemptFailed as exc:
                 breaker.failed(exc.reason)
+                count_upstream_attempt(upstream.name, "timeout" if exc.timed_out else "error")
                 if number == spec.max_retries:
                     raise
                 delay = backoff_s(number, spec.backoff_base_s, spec.backoff_max_s)
@@ -132,14 +136,17 @@ class Router:
                 continue
             except UpstreamAuthFailed:
                 breaker.failed("credentials refused", trip=True)
+                count_upstream_attempt(upstream.name, "error")
                 raise
             except UpstreamRejected:
                 breaker.succeeded()  # it answered: the provider is up
+                count_upstream_attempt(upstream.name, "refused")
                 raise
             except BaseException:
                 breaker.released()  # cancelled (the client left) or our own failure
                 raise
             breaker.succeeded()
+            count_upstream_attempt(upstream.name, "success")
             return result
         raise AssertionError("unreachable")
 
@@ -149,6 +156,12 @@ class Router:
 
     def health(self) -> dict[str, dict[str, object]]:
         return {name: upstream.breaker.report() for name, upstream in self.upstreams.items()}
+
+
+def _served(entry: CatalogEntry, position: int, target: Target) -> Target:
+    if position:
+        count_fallback(entry.id)
+    return target
 
 
 class _CircuitOpen(Exception):

@@ -31,6 +31,8 @@ from voxgate.providers.config import Provider
 from voxgate.providers.upstream.breaker import Breaker
 
 log = logging.getLogger("voxgate.upstream")
+# httpx logs every request at INFO: one line per attempt is noise here (and costs time).
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 _ERROR_BODY_MAX = 64 * 1024
@@ -40,10 +42,16 @@ class AttemptFailed(Exception):
     """An attempt that may be retried or failed over (nothing reached the client yet)."""
 
     def __init__(
-        self, reason: str, *, status: int | None = None, retry_after_s: float | None = None
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        timed_out: bool = False,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.timed_out = timed_out
         self.status = status
         self.retry_after_s = retry_after_s
 
@@ -85,7 +93,7 @@ class UpstreamClient:
         try:
             response = await self._client.send(request, stream=True)
         except httpx.TimeoutException:
-            raise AttemptFailed("timeout") from None
+            raise AttemptFailed("timeout", timed_out=True) from None
         except httpx.HTTPError as exc:
             raise AttemptFailed(f"connection error ({type(exc).__name__})") from None
         status = response.status_code
