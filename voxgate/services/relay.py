@@ -27,10 +27,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import httpx
@@ -60,6 +60,7 @@ from voxgate.uploads import SpooledUpload
 log = logging.getLogger("voxgate.relay")
 
 ROUTE_HEADER = "x-voxgate-route"
+R = TypeVar("R")
 
 
 @dataclass
@@ -148,13 +149,18 @@ async def relay_speech(
     cleanup: AsyncExitStack,
 ) -> Delivery:
     """Speech for a routed model. ``raw`` is the client's JSON, passed on as it was sent
-    (only ``model`` is replaced by each target's upstream model name)."""
+    (only ``model`` is replaced by each target's upstream model name).
+
+    The cost is reserved while the first attempt is already under way, as for uploads: the
+    ledger's round trips hide behind the upstream's latency instead of adding to it, and
+    nothing is delivered (nor a local engine started) before the reservation holds."""
     characters = len(body.input)
-    await ticket.reserve(characters=characters)
+    reservation = asyncio.create_task(ticket.reserve(characters=characters))
     voice = body.voice if isinstance(body.voice, str) else body.voice.id
 
     async def attempt(target: Target, client: UpstreamClient | None) -> Delivery:
         if client is None:
+            await asyncio.shield(reservation)
             return await _local_speech(router, catalog, ticket, target, body, voice, cleanup)
         opened = await _open(
             client, "audio/speech", prefetch=True, json_body={**raw, "model": target.model}
@@ -177,10 +183,34 @@ async def relay_speech(
         kind = opened.response.headers.get("content-type") or media_type(body.response_format)
         return Delivery(target, kind, stream, opened.response.status_code)
 
-    target, delivery = await router.walk(entry, attempt)
+    target, delivery = await _reserved_walk(router.walk(entry, attempt), reservation, cleanup)
     ticket.route = target.label
     delivery.headers.update(_route_headers(target, entry))
     return delivery
+
+
+async def _reserved_walk(
+    walking: Coroutine[Any, Any, tuple[Target, R]],
+    reservation: asyncio.Task[Any],
+    cleanup: AsyncExitStack,
+) -> tuple[Target, R]:
+    """Walk the chain while ``reservation`` runs; its failure (429: budget, rate) cancels the
+    walk, and a result that was ready is closed by ``cleanup``."""
+    walk = asyncio.create_task(walking)
+    try:
+        await asyncio.shield(reservation)
+    except BaseException:
+        walk.cancel()
+        with contextlib.suppress(BaseException):
+            await walk
+        raise
+    finally:
+        cleanup.push_async_callback(_cancel, reservation)
+    try:
+        return await walk
+    except BaseException:
+        walk.cancel()
+        raise
 
 
 async def _local_speech(
@@ -271,21 +301,7 @@ async def relay_transcription(
         cleanup.push_async_callback(_close_response, opened.response)
         return _relayed_transcription(target, opened, ticket, measured)
 
-    walk = asyncio.create_task(router.walk(entry, attempt))
-    try:
-        await asyncio.shield(measured)
-    except BaseException:
-        walk.cancel()
-        with contextlib.suppress(BaseException):
-            await walk  # a result that was ready is closed by ``cleanup``
-        raise
-    finally:
-        cleanup.push_async_callback(_cancel, measured)
-    try:
-        target, result = await walk
-    except BaseException:
-        walk.cancel()
-        raise
+    target, result = await _reserved_walk(router.walk(entry, attempt), measured, cleanup)
     ticket.route = target.label
     if isinstance(result, Delivery):
         result.headers.update(_route_headers(target, entry))
@@ -314,7 +330,7 @@ async def _measure_and_reserve(ticket: Ticket, upload: SpooledUpload, max_s: flo
     return seconds
 
 
-async def _cancel(task: asyncio.Task[float]) -> None:
+async def _cancel(task: asyncio.Task[Any]) -> None:
     if not task.done():
         task.cancel()
         with contextlib.suppress(BaseException):
