@@ -261,6 +261,18 @@ def test_speech_passes_through_every_option(gateway: Server, fake: FakeUpstream)
     assert record["headers"]["authorization"] == f"Bearer {UPSTREAM_KEY}"
 
 
+def test_a_shipped_local_model_names_its_route_too(
+    gateway: Server, gateway_db: str, metered_key: str
+) -> None:
+    with gateway.http_for(metered_key) as http:
+        response = http.post(
+            "/v1/audio/speech", json={"model": "piper-joe", "voice": "joe", "input": "Hi."}
+        )
+    assert response.status_code == 200
+    assert response.headers["x-voxgate-route"] == "local:piper-joe"
+    assert _row(gateway_db, response.headers["x-request-id"])["route"] == "local:piper-joe"
+
+
 # --- retries, fallback, breaker ------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from voxgate.audio import media_type
 from voxgate.catalog import SPEECH
 from voxgate.concurrency import ClientDisconnected, cancel_on_disconnect
 from voxgate.errors import InvalidRequest
-from voxgate.services.relay import relay_speech
+from voxgate.services.relay import ROUTE_HEADER, relay_speech
 from voxgate.services.speech import (
     close_quietly,
     encode_stream,
@@ -58,7 +58,8 @@ async def create_speech(
     whole = whole_clip(body.response_format, body.input)
     audio = encode_stream(chunks, first, body.response_format, ticket, whole=whole)
     cleanup.push_async_callback(close_quietly, audio)
-    headers = {"x-voxgate-model": entry.model.id}
+    ticket.route = f"local:{entry.model.id}"
+    headers = {"x-voxgate-model": entry.model.id, ROUTE_HEADER: ticket.route}
     if body.stream_format == "sse":
         events = sse_events(audio, characters=len(body.input))
         cleanup.push_async_callback(close_quietly, events)

@@ -145,6 +145,8 @@ async def _handle(
                 transcription = await cancel_on_disconnect(request.receive, started)
             except ClientDisconnected:
                 return Response(status_code=499)
+            ticket.route = f"local:{entry.model.id}"
+            route_headers = {ROUTE_HEADER: ticket.route}
     finally:
         await form.close()
     if options.stream:

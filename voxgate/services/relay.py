@@ -6,7 +6,8 @@ deliver → settle (the gateway, once the last byte left or the client did).
 - **Measure**: an upload is billed on the seconds voxgate itself counts by demuxing it
   (``audio.measure_duration``), never on an upstream's ``usage`` or ``duration``. It runs in a
   thread while the first attempt is already under way, so it adds no latency; nothing is
-  delivered before its cost is reserved. Speech is billed on input characters, as locally.
+  delivered before its cost is reserved (the reservation, too, runs alongside the first
+  attempt; a local target waits for it). Speech is billed on input characters, as locally.
 - **Route**: ``Router.walk`` tries the chain; each remote attempt sends the spooled upload
   anew, byte for byte, from disk (``MultipartBody``), with the provider's key only.
 - **Deliver**: the upstream's body is relayed chunk by chunk as it arrives, untouched (same
@@ -27,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -60,7 +61,7 @@ from voxgate.uploads import SpooledUpload
 log = logging.getLogger("voxgate.relay")
 
 ROUTE_HEADER = "x-voxgate-route"
-R = TypeVar("R")
+T = TypeVar("T")
 
 
 @dataclass
@@ -69,7 +70,7 @@ class Delivery:
 
     route: Target
     media_type: str
-    body: AsyncIterator[bytes]
+    body: AsyncIterator[bytes] | bytes  # bytes: a small answer read whole before delivery
     status_code: int = 200
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -149,18 +150,16 @@ async def relay_speech(
     cleanup: AsyncExitStack,
 ) -> Delivery:
     """Speech for a routed model. ``raw`` is the client's JSON, passed on as it was sent
-    (only ``model`` is replaced by each target's upstream model name).
-
-    The cost is reserved while the first attempt is already under way, as for uploads: the
-    ledger's round trips hide behind the upstream's latency instead of adding to it, and
-    nothing is delivered (nor a local engine started) before the reservation holds."""
+    (only ``model`` is replaced by each target's upstream model name)."""
     characters = len(body.input)
-    reservation = asyncio.create_task(ticket.reserve(characters=characters))
+    # Reserved while the first attempt is under way; nothing is delivered before it holds.
+    reserved = asyncio.create_task(ticket.reserve(characters=characters))
+    cleanup.push_async_callback(_cancel, reserved)
     voice = body.voice if isinstance(body.voice, str) else body.voice.id
 
     async def attempt(target: Target, client: UpstreamClient | None) -> Delivery:
         if client is None:
-            await asyncio.shield(reservation)
+            await asyncio.shield(reserved)  # no engine time for what the key cannot pay
             return await _local_speech(router, catalog, ticket, target, body, voice, cleanup)
         opened = await _open(
             client, "audio/speech", prefetch=True, json_body={**raw, "model": target.model}
@@ -183,33 +182,27 @@ async def relay_speech(
         kind = opened.response.headers.get("content-type") or media_type(body.response_format)
         return Delivery(target, kind, stream, opened.response.status_code)
 
-    target, delivery = await _reserved_walk(router.walk(entry, attempt), reservation, cleanup)
+    target, delivery = await _alongside(reserved, router.walk(entry, attempt))
     ticket.route = target.label
     delivery.headers.update(_route_headers(target, entry))
     return delivery
 
 
-async def _reserved_walk(
-    walking: Coroutine[Any, Any, tuple[Target, R]],
-    reservation: asyncio.Task[Any],
-    cleanup: AsyncExitStack,
-) -> tuple[Target, R]:
-    """Walk the chain while ``reservation`` runs; its failure (429: budget, rate) cancels the
-    walk, and a result that was ready is closed by ``cleanup``."""
-    walk = asyncio.create_task(walking)
+async def _alongside(check: asyncio.Task[Any], work: Awaitable[T]) -> T:
+    """``work`` and ``check`` at once; ``check``'s error (a quota refused, audio that is not
+    audio) wins and cancels ``work``, whose opened responses ``cleanup`` closes."""
+    task = asyncio.ensure_future(work)
     try:
-        await asyncio.shield(reservation)
+        await asyncio.shield(check)
     except BaseException:
-        walk.cancel()
+        task.cancel()
         with contextlib.suppress(BaseException):
-            await walk
+            await task
         raise
-    finally:
-        cleanup.push_async_callback(_cancel, reservation)
     try:
-        return await walk
+        return await task
     except BaseException:
-        walk.cancel()
+        task.cancel()
         raise
 
 
@@ -299,13 +292,34 @@ async def relay_transcription(
             headers=multipart.headers,
         )
         cleanup.push_async_callback(_close_response, opened.response)
+        if _small_answer(opened.response):
+            # Not a stream: read whole (it is small), so one cut short is retried like any
+            # failed attempt; delivered as one body with its length.
+            try:
+                body = await opened.response.aread()
+            except httpx.HTTPError:
+                raise AttemptFailed("answer broke off before it was complete") from None
+            finally:
+                await _close_response(opened.response)
+            kind = opened.response.headers.get("content-type") or "application/json"
+            return Delivery(target, kind, body, opened.response.status_code)
         return _relayed_transcription(target, opened, ticket, measured)
 
-    target, result = await _reserved_walk(router.walk(entry, attempt), measured, cleanup)
+    cleanup.push_async_callback(_cancel, measured)
+    target, result = await _alongside(measured, router.walk(entry, attempt))
     ticket.route = target.label
     if isinstance(result, Delivery):
         result.headers.update(_route_headers(target, entry))
     return result
+
+
+_SMALL_ANSWER_BYTES = 1024 * 1024
+
+
+def _small_answer(response: httpx.Response) -> bool:
+    length = _content_length(response)
+    kind = response.headers.get("content-type", "")
+    return length is not None and length <= _SMALL_ANSWER_BYTES and "event-stream" not in kind
 
 
 def _relayed_transcription(
