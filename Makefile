@@ -53,3 +53,11 @@ $(VENV)/.installed-serve: pyproject.toml | $(VENV)/bin/python
 $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@ $(VENV)/.installed-serve
+
+# Pass-through overhead against the fake upstream and the LiteLLM proxy, see docs/benchmarks.md
+# ("Pass-through vs LiteLLM"). Needs hey (apt-get install hey); creates bench/.venv-litellm
+# (git-ignored) with pip install 'litellm[proxy]' the first time. Shorter: BENCH_UPSTREAM_ARGS="--scale 0.3"
+.PHONY: bench-upstream
+BENCH_UPSTREAM_ARGS ?= --out bench/results/upstream.json
+bench-upstream: $(VENV)/.installed-test
+	$(BIN)/python bench/bench_upstream.py $(BENCH_UPSTREAM_ARGS)

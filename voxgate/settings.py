@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     """`off`: load no local engine and serve no local model (shipped models and `local:`
     targets are dropped): a pure gateway that starts in about a second."""
 
+    gc_freeze: bool = True
+    """Once the engines are loaded, move every object alive then into the garbage collector's
+    permanent generation (`gc.freeze()`), so later full collections do not walk the start-up
+    heap again. `false` only to measure what that buys (docs/benchmarks.md, "Pass-through vs
+    LiteLLM")."""
+
     max_upload_mb: float = Field(default=25.0, gt=0)
     """Largest accepted upload body for transcriptions and translations, in MiB."""
 

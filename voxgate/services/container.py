@@ -98,8 +98,9 @@ class Services:
             return
         # What start-up allocated lives as long as the process: moved out of the collector's
         # generations, so full GC passes stop walking it (a p99 cost on a busy gateway).
-        gc.collect()
-        gc.freeze()
+        if self.settings.gc_freeze:
+            gc.collect()
+            gc.freeze()
 
     async def close(self) -> None:
         await self.meter.close()
