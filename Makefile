@@ -12,11 +12,15 @@ serve: $(VENV)/.installed-serve
 
 test: $(VENV)/.installed-test
 	scripts/ensure-services.sh
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory audit
+	$(BIN)/python -m pytest
+
+# ruff (lint and format) and mypy (strict), as CI runs them.
+lint: $(VENV)/.installed-test
 	$(BIN)/ruff check voxgate tests bench
 	$(BIN)/ruff format --check voxgate tests bench
 	$(BIN)/mypy
-	$(MAKE) --no-print-directory audit
-	$(BIN)/python -m pytest
 
 # pip-audit over the installed packages: fails on a known vulnerability, says so in one line and
 # passes where the vulnerability service cannot be reached.
@@ -49,3 +53,11 @@ $(VENV)/.installed-serve: pyproject.toml | $(VENV)/bin/python
 $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@ $(VENV)/.installed-serve
+
+# Pass-through overhead against the fake upstream and the LiteLLM proxy, see docs/benchmarks.md
+# ("Pass-through vs LiteLLM"). Needs hey (apt-get install hey); creates bench/.venv-litellm
+# (git-ignored) with pip install 'litellm[proxy]' the first time. Shorter: BENCH_UPSTREAM_ARGS="--scale 0.3"
+.PHONY: bench-upstream
+BENCH_UPSTREAM_ARGS ?= --out bench/results/upstream.json
+bench-upstream: $(VENV)/.installed-test
+	$(BIN)/python bench/bench_upstream.py $(BENCH_UPSTREAM_ARGS)

@@ -11,10 +11,11 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from voxgate import __version__
-from voxgate.api import admin, health, models, speech, transcriptions, usage
+from voxgate.api import admin, health, models, observability, speech, transcriptions, usage
 from voxgate.api.errors import install_error_handlers
 from voxgate.api.gateway import GatewayMiddleware
 from voxgate.api.middleware import BodyGuardMiddleware, RequestIdMiddleware
+from voxgate.api.observability import ObservabilityMiddleware
 from voxgate.api.openapi import install_openapi
 from voxgate.console import console_router
 from voxgate.services.container import Services
@@ -52,11 +53,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = services
     install_error_handlers(app)
-    for module in (speech, transcriptions, models, usage, admin, health):
+    for module in (speech, transcriptions, models, usage, admin, health, observability):
         app.include_router(module.router)
     install_openapi(app)
     app.include_router(console_router())  # the web console at /
-    # Added innermost first: RequestId → CORS → Gateway (auth, admission) → BodyGuard → routes.
+    # Added innermost first: RequestId → Observability (access log, metrics) → CORS → Gateway
+    # (auth, admission) → BodyGuard → routes.
     app.add_middleware(
         BodyGuardMiddleware,
         max_upload_bytes=settings.max_upload_bytes,
@@ -71,7 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["authorization", "content-type", "x-client-request-id"],
-            expose_headers=["x-request-id", "retry-after", "x-should-retry"],
+            expose_headers=["x-request-id", "retry-after", "x-should-retry", "x-voxgate-route"],
         )
+    app.add_middleware(ObservabilityMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -11,6 +11,7 @@ produced, so a response can stream as it is synthesised. All of them block: call
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal, cast, get_args
@@ -77,6 +78,87 @@ def probe_duration(source: BinaryIO) -> float | None:
             return None
     except _DECODE_ERRORS as exc:
         raise _undecodable() from exc
+    finally:
+        source.seek(0)
+
+
+def measure_duration(source: BinaryIO, *, max_s: float) -> float:
+    """Seconds of audio in the first audio stream, counted packet by packet by demuxing.
+
+    This is what a routed (upstream) request is billed on: what the upload really holds, not
+    what its header claims or an upstream reports. Demuxing reads the container without
+    decoding (milliseconds for minutes of audio); a packet that states no duration is decoded
+    to count its samples. Raises AudioTooLong past ``max_s``, InvalidAudio for no audio.
+    """
+    seconds = wav_duration(source)
+    if seconds is not None:
+        if seconds > max_s:
+            raise audio_too_long(max_s)
+        return seconds
+    source.seek(0)
+    total = 0.0
+    packets = 0
+    try:
+        with av.open(source, mode="r", metadata_errors="ignore") as container:
+            stream = _audio_stream(container)
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue
+                packets += 1
+                if packet.duration and packet.time_base is not None:
+                    total += float(packet.duration * packet.time_base)
+                else:
+                    total += sum(frame.samples / frame.sample_rate for frame in packet.decode())
+                if total > max_s:
+                    raise audio_too_long(max_s)
+    except _DECODE_ERRORS as exc:
+        if packets == 0:
+            raise _undecodable() from exc
+    if packets == 0:
+        raise _undecodable()
+    return total
+
+
+_WAV_CODES = (1, 3)  # PCM integer, IEEE float
+_WAV_EXTENSIBLE = 0xFFFE
+
+
+def wav_duration(source: BinaryIO) -> float | None:
+    """Seconds in an uncompressed (PCM or float) WAV, from its chunks and the bytes really
+    there (a ``data`` size larger than the file is not believed), in microseconds instead of
+    PyAV's milliseconds. None for anything else (the caller demuxes it)."""
+    source.seek(0)
+    try:
+        head = source.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = sample_rate = 0
+        while True:
+            chunk = source.read(8)
+            if len(chunk) < 8:
+                return None
+            kind, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if kind == b"fmt ":
+                fmt = source.read(size)
+                if len(fmt) < 16:
+                    return None
+                code, _channels, sample_rate, _rate, block_align = struct.unpack("<HHIIH", fmt[:14])
+                if code == _WAV_EXTENSIBLE and len(fmt) >= 26:
+                    code = struct.unpack("<H", fmt[24:26])[0]
+                if code not in _WAV_CODES or block_align == 0 or sample_rate == 0:
+                    return None
+                if size % 2:
+                    source.seek(1, io.SEEK_CUR)
+            elif kind == b"data":
+                if not block_align:
+                    return None
+                start = source.tell()
+                end = source.seek(0, io.SEEK_END)
+                available = min(size, end - start) if size else end - start
+                frames = available // block_align
+                return frames / sample_rate if frames else None
+            else:
+                source.seek(size + size % 2, io.SEEK_CUR)
     finally:
         source.seek(0)
 

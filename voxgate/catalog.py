@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -26,11 +26,16 @@ Feature = Literal[
     "streaming",
 ]
 Endpoint = Literal["/v1/audio/transcriptions", "/v1/audio/translations", "/v1/audio/speech"]
+#: The metered endpoints' paths: the one definition every module uses.
+TRANSCRIPTIONS: Final[Endpoint] = "/v1/audio/transcriptions"
+TRANSLATIONS: Final[Endpoint] = "/v1/audio/translations"
+SPEECH: Final[Endpoint] = "/v1/audio/speech"
+UPLOAD_ENDPOINTS: Final[tuple[Endpoint, ...]] = (TRANSCRIPTIONS, TRANSLATIONS)
 
 ENDPOINT_FEATURES: dict[Endpoint, Feature] = {
-    "/v1/audio/transcriptions": "speech-to-text",
-    "/v1/audio/translations": "translation",
-    "/v1/audio/speech": "text-to-speech",
+    TRANSCRIPTIONS: "speech-to-text",
+    TRANSLATIONS: "translation",
+    SPEECH: "text-to-speech",
 }
 
 #: OpenAI's built-in voice names; every text-to-speech model answers them with its default voice.
@@ -69,10 +74,12 @@ class ModelSpec(_Strict):
     languages: tuple[str, ...] = ()
     voices: tuple[Voice, ...] = ()
     default_voice: str | None = None
+    #: targets tried in order, ``provider:upstream-model`` (config-file models; empty: local)
+    serve: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _check_voices(self) -> ModelSpec:
-        if "text-to-speech" in self.features:
+        if "text-to-speech" in self.features and not self.serve:
             ids = {voice.id for voice in self.voices}
             if not ids or self.default_voice not in ids:
                 raise ValueError(f"{self.id}: a speech model needs voices and a default_voice")
@@ -124,6 +131,8 @@ class CatalogEntry:
     def resolve_voice(self, voice: str) -> str:
         """Map a requested voice (engine voice id or OpenAI voice name) to an engine voice id."""
         model = self.model
+        if model.serve and not model.voices:
+            return voice  # a routed model passes the voice on; each target resolves it
         wanted = voice.strip().lower()
         for candidate in model.voices:
             if candidate.id.lower() == wanted:
@@ -171,6 +180,13 @@ class Catalog:
         if entry.id in self.entries:
             raise ValueError(f"duplicate model id in catalog: {entry.id}")
         self.entries[entry.id] = entry
+
+    def put(self, entry: CatalogEntry) -> None:
+        """Add ``entry``, replacing a model or alias of the same id (config-file models)."""
+        self.entries[entry.id] = entry
+
+    def remove(self, model_id: str) -> None:
+        self.entries.pop(model_id, None)
 
     def get(self, model_id: str) -> CatalogEntry:
         try:

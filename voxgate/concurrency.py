@@ -28,6 +28,7 @@ from typing import Any, TypeVar, cast
 import anyio
 import anyio.to_thread
 
+from voxgate import metrics
 from voxgate.errors import Overloaded
 
 T = TypeVar("T")
@@ -193,6 +194,7 @@ class EngineGate:
         self._waiting = 0
         self._avg_job_s = 1.0
         self._started: dict[object, float] = {}  # running job → time.monotonic() it began
+        metrics.set_queue_depth(name, 0)
 
     @property
     def running(self) -> int:
@@ -229,11 +231,15 @@ class EngineGate:
         """
         self._admit()
         self._waiting += 1
+        metrics.set_queue_depth(self.name, self._waiting)
+        queued_at = time.monotonic()
         try:
             with anyio.move_on_after(self.queue_timeout_s) as waited:
                 await self._semaphore.acquire()
         finally:
             self._waiting -= 1
+            metrics.set_queue_depth(self.name, self._waiting)
+            metrics.observe_queue_wait(self.name, time.monotonic() - queued_at)
         if waited.cancelled_caught:
             raise Overloaded(
                 f"The {self.name} engine is busy: this request waited {self.queue_timeout_s:g} s "

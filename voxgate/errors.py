@@ -18,6 +18,10 @@
     │   ├── DatabaseUnavailable 503 server_error / database_unavailable
     │   └── LimitsUnavailable   503 server_error / limits_unavailable     (Redis, fail-closed)
     ├── EngineFailed            500 server_error / engine_error           (retryable)
+    ├── UpstreamRejected        4xx as the upstream said (its message, type, param)
+    ├── UpstreamFailed          502 server_error / upstream_error         (retryable)
+    │   ├── UpstreamAuthFailed  502 server_error / upstream_auth_failed   (operator problem)
+    │   └── UpstreamUnavailable 503 server_error / upstream_unavailable   (retryable)
     └── InternalError           500 server_error / internal_error         (retryable)
 
 Providers and services raise these; ``api/errors.py`` alone renders them into OpenAI's envelope
@@ -159,3 +163,48 @@ class InternalError(VoxgateError):
     type = "server_error"
     code = "internal_error"
     retryable = True
+
+
+class UpstreamRejected(VoxgateError):
+    """An upstream refused the request itself (400/404/413/422): the client's problem, passed
+    on with the upstream's message and never retried or failed over."""
+
+    code = "invalid_value"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.status_code = status_code
+        if type:
+            self.type = type
+
+
+class UpstreamFailed(VoxgateError):
+    """Every target of the model failed (or a stream broke after it began)."""
+
+    status_code = 502
+    type = "server_error"
+    code = "upstream_error"
+    retryable = True
+
+
+class UpstreamAuthFailed(UpstreamFailed):
+    """An upstream refused voxgate's own credentials (401/403): the operator must fix the
+    provider's key; never shown as the client's auth error."""
+
+    code = "upstream_auth_failed"
+    retryable = False
+
+
+class UpstreamUnavailable(UpstreamFailed):
+    """Every target is rate limited, overloaded or has its circuit open: try again later."""
+
+    status_code = 503
+    code = "upstream_unavailable"

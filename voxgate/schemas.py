@@ -129,6 +129,9 @@ class TranscriptTextDelta(BaseModel):
     type: Literal["transcript.text.delta"] = "transcript.text.delta"
     delta: str
     logprobs: list[Logprob] | None = None
+    # voxgate's extension, sent only on request (SEGMENT_TIMES_HEADER): the segment's times.
+    start: float | None = None
+    end: float | None = None
 
 
 class TranscriptTextDone(BaseModel):

@@ -86,6 +86,21 @@ class Settings(BaseSettings):
     catalog_file: Path | None = None
     """A TOML model catalog that replaces the one shipped with voxgate."""
 
+    config_file: Path | None = None
+    """This TOML file (set only as the `VOXGATE_CONFIG_FILE` environment variable) gives these
+    settings and the upstream `[providers.NAME]` and routed `[[models]]` (see "Upstream
+    providers"), checked at start-up."""
+
+    local_engines: Literal["on", "off"] = "on"
+    """`off`: load no local engine and serve no local model (shipped models and `local:`
+    targets are dropped): a pure gateway that starts in about a second."""
+
+    gc_freeze: bool = True
+    """Once the engines are loaded, move every object alive then into the garbage collector's
+    permanent generation (`gc.freeze()`), so later full collections do not walk the start-up
+    heap again. `false` only to measure what that buys (docs/benchmarks.md, "Pass-through vs
+    LiteLLM")."""
+
     max_upload_mb: float = Field(default=25.0, gt=0)
     """Largest accepted upload body for transcriptions and translations, in MiB."""
 
@@ -141,6 +156,15 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the server."""
+
+    log_format: Literal["text", "json"] = "text"
+    """Server log format: `text` (readable lines) or `json` (one object per line). Either way
+    each request gets one access line (`voxgate.access`) with its request id, key id, endpoint,
+    model, status, duration, time to first byte, audio seconds or characters and cost."""
+
+    metrics: Literal["off", "on", "admin"] = "off"
+    """Prometheus metrics at `/metrics`: `off` (404), `on` (open to anyone who can reach the
+    port: keep it on an internal network) or `admin` (needs the admin key as a bearer token)."""
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

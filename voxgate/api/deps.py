@@ -6,6 +6,8 @@ hand over what it found.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from typing import Annotated, cast
 
 from fastapi import Depends, Request
@@ -30,3 +32,18 @@ def get_ticket(request: Request) -> Ticket:
 ServicesDep = Annotated[Services, Depends(get_services)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 TicketDep = Annotated[Ticket, Depends(get_ticket)]
+
+
+async def request_cleanup() -> AsyncIterator[AsyncExitStack]:
+    """An exit stack that closes after the response was sent, or on any failure or cancel.
+
+    FastAPI exits request-scoped dependencies after ``response(...)`` returns or raises, so what
+    is pushed here is released on every path: a handler error, a response cancelled before
+    its first byte (a client that left), or a normal end. The engine slot must never wait for
+    a generator to be garbage-collected.
+    """
+    async with AsyncExitStack() as stack:
+        yield stack
+
+
+CleanupDep = Annotated[AsyncExitStack, Depends(request_cleanup)]

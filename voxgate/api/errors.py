@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from voxgate import metrics
 from voxgate.errors import VoxgateError
 from voxgate.schemas import ErrorDetail, ErrorEnvelope
 
@@ -36,6 +37,8 @@ def error_response(request: Request, exc: VoxgateError) -> JSONResponse:
         retry_after_s=exc.retry_after_s,
     )
     response.headers["x-should-retry"] = "true" if exc.retryable else "false"
+    if reason := metrics.rejection_reason(exc.code):
+        metrics.count_rejection(reason)
     return response
 
 

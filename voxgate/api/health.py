@@ -30,8 +30,14 @@ async def health(services: ServicesDep) -> JSONResponse:
         name: {"running": gate.running, "queued": gate.waiting}
         for name, gate in services.local.gates.items()
     }
+    # Each upstream provider's breaker and recent error rate: informative only, since a
+    # provider being down never stops the other targets (or the local engines) serving.
+    providers = services.router.health()
     if services.ready:
-        return JSONResponse({"status": "ok", "engines": engines})
+        body: dict[str, object] = {"status": "ok", "engines": engines}
+        if providers:
+            body["providers"] = providers
+        return JSONResponse(body)
     if services.startup_failed:
         return JSONResponse({"status": "failed"}, status_code=503)
     return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})

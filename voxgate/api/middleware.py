@@ -12,11 +12,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from voxgate.api.errors import error_response
+from voxgate.catalog import UPLOAD_ENDPOINTS
 from voxgate.errors import InternalError, PayloadTooLarge, RequestTimeout, VoxgateError
 
 log = logging.getLogger("voxgate.api")
 
-UPLOAD_PATHS = ("/v1/audio/transcriptions", "/v1/audio/translations")
+UPLOAD_PATHS: tuple[str, ...] = UPLOAD_ENDPOINTS
 #: What a client's own request id may look like to be echoed back (OpenAI allows 512 ASCII).
 CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 

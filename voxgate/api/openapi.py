@@ -23,6 +23,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from voxgate import schemas
 from voxgate.audio import SpeechFormat, media_type
+from voxgate.catalog import SPEECH, UPLOAD_ENDPOINTS
 from voxgate.errors import NotFound
 
 _REF = "#/components/schemas/{model}"
@@ -56,9 +57,7 @@ _USAGE = (400, 401, 403, 500, 503)
 _ADMIN = (400, 401, 403, 500, 503)
 #: Every error status each operation can answer, by (method, path).
 OPERATION_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
-    ("post", "/v1/audio/speech"): _AUDIO_IN,
-    ("post", "/v1/audio/transcriptions"): _AUDIO_IN,
-    ("post", "/v1/audio/translations"): _AUDIO_IN,
+    **{("post", path): _AUDIO_IN for path in (SPEECH, *UPLOAD_ENDPOINTS)},
     ("get", "/v1/models"): _AUTHENTICATED,
     ("get", "/v1/models/{model_id}"): (*_AUTHENTICATED, 404),
     ("get", "/api/models"): (400, 500),
@@ -76,7 +75,7 @@ OPERATION_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/health/live"): (500,),
     ("get", "/health/ready"): (503,),
 }
-_UPLOAD_PATHS = ("/v1/audio/transcriptions", "/v1/audio/translations")
+_UPLOAD_PATHS: tuple[str, ...] = UPLOAD_ENDPOINTS
 _PUBLIC_PATHS = ("/api/models", "/health", "/health/live", "/health/ready")
 #: Component schemas the handlers return or read outside FastAPI's view.
 _EXTRA_MODELS: tuple[tuple[type[BaseModel], Literal["validation", "serialization"]], ...] = (
@@ -160,7 +159,7 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
                 if status in (429, 503):
                     responses[str(status)]["headers"] = {"Retry-After": _RETRY_AFTER}
             operation["security"] = [] if path in _PUBLIC_PATHS else [{"bearer": []}]
-            if path == "/v1/audio/speech":
+            if path == SPEECH:
                 responses["200"] = _speech_ok()
             elif path in _UPLOAD_PATHS:
                 operation["requestBody"] = _upload_body(form)

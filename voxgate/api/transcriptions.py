@@ -9,7 +9,7 @@ repeated ``key``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import AsyncExitStack, aclosing
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -18,45 +18,69 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
 from voxgate import formats, schemas
-from voxgate.api.deps import ServicesDep, TicketDep
+from voxgate.api.deps import CleanupDep, ServicesDep, TicketDep
 from voxgate.api.errors import validation_response
 from voxgate.api.forms import read_form
-from voxgate.catalog import Endpoint
+from voxgate.api.relayed import streaming
+from voxgate.catalog import TRANSCRIPTIONS, TRANSLATIONS, CatalogEntry, Endpoint
 from voxgate.concurrency import ClientDisconnected, cancel_on_disconnect
 from voxgate.errors import InvalidRequest
 from voxgate.providers.base import Segment, Task, Transcription
 from voxgate.services.container import Services
 from voxgate.services.metering import Ticket
+from voxgate.services.relay import (
+    ROUTE_HEADER,
+    Delivery,
+    TranscriptionRequest,
+    relay_transcription,
+)
 from voxgate.services.transcription import start_transcription
+from voxgate.uploads import SpooledUpload
 
 router = APIRouter()
 
 _ARRAY_FIELDS = ("timestamp_granularities", "include")
+#: Request header that adds each segment's ``start`` and ``end`` (seconds) to the streamed
+#: ``transcript.text.delta`` events: a voxgate extension (OpenAI's events carry no times), which
+#: the ``voxgate transcribe`` progress bar and its srt/vtt output are built from.
+SEGMENT_TIMES_HEADER = "x-voxgate-segment-times"
 _MAX_FIELDS = 64
 
 
-@router.post("/v1/audio/transcriptions")
+@router.post(TRANSCRIPTIONS)
 async def create_transcription(
-    request: Request, services: ServicesDep, ticket: TicketDep
+    request: Request, services: ServicesDep, ticket: TicketDep, cleanup: CleanupDep
 ) -> Response:
-    return await _handle(request, services, ticket, "transcribe", "/v1/audio/transcriptions")
+    return await _handle(request, services, ticket, cleanup, "transcribe", TRANSCRIPTIONS)
 
 
-@router.post("/v1/audio/translations")
+@router.post(TRANSLATIONS)
 async def create_translation(
-    request: Request, services: ServicesDep, ticket: TicketDep
+    request: Request, services: ServicesDep, ticket: TicketDep, cleanup: CleanupDep
 ) -> Response:
-    return await _handle(request, services, ticket, "translate", "/v1/audio/translations")
+    return await _handle(request, services, ticket, cleanup, "translate", TRANSLATIONS)
 
 
 async def _handle(
-    request: Request, services: Services, ticket: Ticket, task: Task, endpoint: Endpoint
+    request: Request,
+    services: Services,
+    ticket: Ticket,
+    cleanup: AsyncExitStack,
+    task: Task,
+    endpoint: Endpoint,
 ) -> Response:
     form = await read_form(request, max_files=1, max_fields=_MAX_FIELDS)
     try:
         upload = form.get("file")
+        fields = _form_fields(form)
+        routed = _routed_entry(services, fields.get("model"))
+        if routed is not None:
+            # Fields this server does not know are passed on to the upstream as sent.
+            fields = {
+                k: v for k, v in fields.items() if k in schemas.TranscriptionForm.model_fields
+            }
         try:
-            options = schemas.TranscriptionForm.model_validate(_form_fields(form))
+            options = schemas.TranscriptionForm.model_validate(fields)
         except ValidationError as exc:
             return validation_response(request, exc.errors())
         if not isinstance(upload, UploadFile):
@@ -65,31 +89,70 @@ async def _handle(
                 param="file",
                 code="missing_required_parameter",
             )
-        ticket.authorize(services.catalog.for_endpoint(options.model, endpoint))
-        _check_combinations(options)  # word timestamps imply verbose_json from here on
+        entry = services.catalog.for_endpoint(options.model, endpoint)
+        ticket.authorize(entry)
         words = "word" in options.timestamp_granularities
         logprobs = "logprobs" in options.include
-        # The body is read: from here a client that leaves is noticed, in the engine's queue
-        # and while its upload is decoded as well as during inference.
-        started = start_transcription(
-            services,
-            ticket,
-            upload.file,
-            task=task,
-            language=options.language,
-            prompt=options.prompt,
-            temperature=options.temperature,
-            word_timestamps=words or logprobs,
-        )
-        try:
-            transcription = await cancel_on_disconnect(request.receive, started)
-        except ClientDisconnected:
-            return Response(status_code=499)
+        route_headers: dict[str, str] = {}
+        if entry.model.serve:
+            if any(target.local for target in services.router.chain(entry)):
+                _check_combinations(options)  # what a local fallback could not honour
+            relayed = relay_transcription(
+                services.router,
+                services.catalog,
+                ticket,
+                entry,
+                TranscriptionRequest(
+                    task=task,
+                    path=endpoint.removeprefix("/v1/"),
+                    fields=_raw_fields(form),
+                    options=options,
+                    upload=SpooledUpload(
+                        upload.file,
+                        upload.size or 0,
+                        upload.filename or "audio",
+                        upload.content_type or "application/octet-stream",
+                    ),
+                    max_s=services.settings.max_audio_seconds,
+                    word_timestamps=words or logprobs,
+                ),
+                cleanup,
+            )
+            try:
+                result = await cancel_on_disconnect(request.receive, relayed)
+            except ClientDisconnected:
+                return Response(status_code=499)
+            if isinstance(result, Delivery):
+                return streaming(result)
+            # Fell back to the local engine: rendered as any local transcription.
+            transcription = result.transcription
+            route_headers = {ROUTE_HEADER: result.route.label}
+        else:
+            _check_combinations(options)  # word timestamps imply verbose_json from here on
+            # The body is read: from here a client that leaves is noticed, in the engine's queue
+            # and while its upload is decoded as well as during inference.
+            started = start_transcription(
+                services,
+                ticket,
+                upload.file,
+                task=task,
+                language=options.language,
+                prompt=options.prompt,
+                temperature=options.temperature,
+                word_timestamps=words or logprobs,
+            )
+            try:
+                transcription = await cancel_on_disconnect(request.receive, started)
+            except ClientDisconnected:
+                return Response(status_code=499)
+            ticket.route = f"local:{entry.model.id}"
+            route_headers = {ROUTE_HEADER: ticket.route}
     finally:
         await form.close()
     if options.stream:
-        events = _stream_events(transcription, ticket, logprobs=logprobs)
-        return StreamingResponse(events, media_type="text/event-stream")
+        times = request.headers.get(SEGMENT_TIMES_HEADER, "").lower() in ("1", "true", "on")
+        events = _stream_events(transcription, ticket, logprobs=logprobs, times=times)
+        return StreamingResponse(events, media_type="text/event-stream", headers=route_headers)
     try:
         segments = await cancel_on_disconnect(request.receive, transcription.all_segments())
     except ClientDisconnected:
@@ -104,7 +167,17 @@ async def _handle(
         with_segments="segment" in options.timestamp_granularities or not words,
         include_logprobs=logprobs,
     )
-    return Response(body, media_type=media_type)
+    return Response(body, media_type=media_type, headers=route_headers)
+
+
+def _routed_entry(services: Services, model: object) -> CatalogEntry | None:
+    entry = services.catalog.entries.get(model) if isinstance(model, str) else None
+    return entry if entry is not None and entry.model.serve else None
+
+
+def _raw_fields(form: FormData) -> list[tuple[str, str]]:
+    """The text parts exactly as sent (names and order kept), for an upstream."""
+    return [(k, v) for k, v in form.multi_items() if k != "file" and isinstance(v, str)]
 
 
 def _form_fields(form: FormData) -> dict[str, Any]:
@@ -142,7 +215,7 @@ def _check_combinations(options: schemas.TranscriptionForm) -> None:
 
 
 async def _stream_events(
-    transcription: Transcription, ticket: Ticket, *, logprobs: bool
+    transcription: Transcription, ticket: Ticket, *, logprobs: bool, times: bool = False
 ) -> AsyncIterator[bytes]:
     """``transcript.text.delta`` as each segment is decoded, then ``transcript.text.done``.
 
@@ -154,7 +227,10 @@ async def _stream_events(
             text = segment.text if segments else segment.text.lstrip()
             segments.append(segment)
             delta = schemas.TranscriptTextDelta(
-                delta=text, logprobs=formats.logprobs([segment]) if logprobs else None
+                delta=text,
+                logprobs=formats.logprobs([segment]) if logprobs else None,
+                start=round(segment.start, 3) if times else None,
+                end=round(segment.end, 3) if times else None,
             )
             yield _sse(delta)
             ticket.deliver(audio_until_s=segment.end)

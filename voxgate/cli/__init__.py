@@ -1,7 +1,9 @@
-"""The ``voxgate`` command: ``serve``, ``migrate``, ``keys …``, ``usage``, ``version``.
+"""The ``voxgate`` command: ``serve``, ``migrate``, ``keys …``, ``usage``, ``version``, and the
+client commands ``speak``, ``transcribe``, ``translate``, ``models``.
 
 The key and usage commands work on the database directly, with the same settings as the server
-(``VOXGATE_DATABASE_URL`` or the default SQLite file), so no server has to run.
+(``VOXGATE_DATABASE_URL`` or the default SQLite file), so no server has to run. The client
+commands talk HTTP to a running server (``cli/client.py``).
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from typing import Annotated, Any
 
 import typer
 
+from voxgate.cli import client
 from voxgate.cli.database import on_database
 from voxgate.cli.keys import keys_app
 from voxgate.cli.usage import usage
+from voxgate.logs import configure_logging
 from voxgate.settings import Settings
 from voxgate.storage.db import Database, redacted_url
 
@@ -23,6 +27,8 @@ app = typer.Typer(
 )
 app.add_typer(keys_app, name="keys")
 app.command("usage")(usage)
+for command in (client.speak, client.transcribe, client.translate, client.models):
+    app.command()(command)
 
 
 @app.command()
@@ -42,6 +48,7 @@ def serve(
 
     from voxgate.api.protocol import header_timeout_protocol
     from voxgate.app import create_app
+    from voxgate.providers.config import ConfigError
     from voxgate.services.container import Services
     from voxgate.settings import serve_refusal
 
@@ -56,10 +63,12 @@ def serve(
     if refusal := serve_refusal(settings):
         typer.echo(f"voxgate: refusing to start: {refusal}", err=True)
         raise typer.Exit(2)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    application = create_app(settings)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        application = create_app(settings)
+    except ConfigError as exc:
+        typer.echo(f"voxgate: refusing to start: {exc}", err=True)
+        raise typer.Exit(2) from None
     services: Services = application.state.services
 
     class DrainingServer(uvicorn.Server):
@@ -83,6 +92,8 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's loggers go through configure_logging's handler
+        access_log=False,  # voxgate.access writes one line per request instead
         timeout_graceful_shutdown=settings.shutdown_grace_s,
         http=header_timeout_protocol(settings.header_timeout_s),
     )

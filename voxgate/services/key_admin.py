@@ -18,9 +18,8 @@ from typing import Any
 from voxgate.catalog import Catalog
 from voxgate.errors import InvalidRequest, ModelNotFound
 from voxgate.money import usd_to_micros
-from voxgate.storage.keys import ApiKey, KeyStore, Limits
+from voxgate.storage.keys import LIMIT_FIELDS, ApiKey, KeyStore, Limits
 
-LIMIT_FIELDS = ("rpm", "audio_seconds_per_minute", "characters_per_minute", "max_concurrency")
 FIELDS = ("name", "budget_usd", *LIMIT_FIELDS, "models", "expires_at")
 
 MAX_NAME_CHARS = 200  # the width of api_keys.name

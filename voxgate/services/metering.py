@@ -29,6 +29,7 @@ from typing import Literal
 
 from voxgate.catalog import CatalogEntry, Endpoint, Pricing
 from voxgate.errors import DatabaseUnavailable, InsufficientQuota, PermissionDenied, VoxgateError
+from voxgate.metrics import observe_usage
 from voxgate.money import micros_to_usd, usd_to_micros
 from voxgate.services.keys import Caller
 from voxgate.services.limits import WINDOW_S, Charge, Limiter, RateState, refusal
@@ -72,6 +73,8 @@ class Ticket:
     output_audio_s: float = 0.0
     slot_held: bool = False
     finished: bool = False
+    route: str | None = None  # the target serving it, once routed (``provider:model``)
+    billed: Usage | None = None  # what the settled row charged (None: nothing was reserved)
 
     def headers(self) -> dict[str, str]:
         """``x-ratelimit-*`` for every limit this request was charged against."""
@@ -224,6 +227,14 @@ class Ticket:
                 )
             else:
                 status, usage = self._final_usage(http_status, outcome)
+                self.billed = usage
+                observe_usage(
+                    self.endpoint,
+                    self.entry.id if self.entry else "",
+                    # Input audio transcribed, or speech synthesised: one is always 0.
+                    audio_seconds=(usage.input_audio_ms + usage.output_audio_ms) / 1000,
+                    characters=usage.input_characters,
+                )
                 await self.meter.ledger.settle(
                     self._entry(),
                     self.reserved.cost_micros,
@@ -294,6 +305,7 @@ class Ticket:
             model=self.entry.id if self.entry else "",
             instance_id=self.meter.ledger.instance_id,
             created_at=self.created_at,
+            route=self.route,
         )
 
 

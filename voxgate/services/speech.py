@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import unicodedata
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import anyio
 
+from voxgate import schemas
 from voxgate.audio import SpeechEncoder, SpeechFormat
 from voxgate.catalog import CatalogEntry
 from voxgate.concurrency import run_in_thread
@@ -131,3 +133,22 @@ async def encode_stream(
         with contextlib.suppress(Exception):
             encoder.close()
         await close_quietly(chunks)
+
+
+async def sse_events(
+    audio: AsyncIterator[bytes], *, characters: int
+) -> AsyncGenerator[bytes, None]:
+    """``speech.audio.delta`` per encoded chunk, then ``speech.audio.done``.
+
+    Local models are metered in characters, so the done event's usage counts one input token per
+    character and no output tokens.
+    """
+    async for data in audio:
+        delta = schemas.SpeechAudioDelta(audio=base64.b64encode(data).decode())
+        yield _sse(delta)
+    usage = schemas.TokenUsage(input_tokens=characters, output_tokens=0, total_tokens=characters)
+    yield _sse(schemas.SpeechAudioDone(usage=usage))
+
+
+def _sse(event: schemas.SpeechAudioDelta | schemas.SpeechAudioDone) -> bytes:
+    return f"data: {event.model_dump_json()}\n\n".encode()

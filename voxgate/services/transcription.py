@@ -48,7 +48,7 @@ async def start_transcription(
     """
     entry = ticket.entry
     assert entry is not None
-    code = _check_language(entry, language) if language else None
+    code = check_language(entry, language) if language else None
     max_s = services.settings.max_audio_seconds
     stated_s = await run_in_thread(probe_duration, source)
     allowance_s = await ticket.audio_allowance(stated_s)
@@ -56,7 +56,7 @@ async def start_transcription(
         raise audio_too_long(max_s)
 
     async def load_audio() -> np.ndarray:
-        audio = await _decode(
+        audio = await decode_upload(
             source, ticket, max_s=max_s, stated_s=stated_s, allowance_s=allowance_s
         )
         await ticket.reserve(audio_seconds=len(audio) / WHISPER_SAMPLE_RATE)
@@ -74,7 +74,7 @@ async def start_transcription(
     return await services.router.transcription_provider(entry).transcribe(job)
 
 
-async def _decode(
+async def decode_upload(
     source: BinaryIO,
     ticket: Ticket,
     *,
@@ -101,7 +101,7 @@ async def _decode(
                 await run_in_thread(release_memory)
 
 
-def _check_language(entry: CatalogEntry, language: str) -> str:
+def check_language(entry: CatalogEntry, language: str) -> str:
     code = language_code(language)
     if code is None or (entry.model.languages and code not in entry.model.languages):
         raise InvalidRequest(

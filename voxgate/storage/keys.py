@@ -7,6 +7,7 @@ brute-forced from its digest.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import secrets
@@ -45,6 +46,19 @@ class Limits:
     audio_seconds_per_minute: int | None = None
     characters_per_minute: int | None = None
     max_concurrency: int | None = None
+
+    def as_dict(self) -> dict[str, int | None]:
+        return {name: getattr(self, name) for name in LIMIT_FIELDS}
+
+    @classmethod
+    def of(cls, row: ApiKeyRow) -> Limits:
+        """The limits stored in ``row`` (its columns have the same names)."""
+        return cls(**{name: getattr(row, name) for name in LIMIT_FIELDS})
+
+
+#: The limit fields, defined once by ``Limits``: the table's columns, the admin API's and the
+#: CLI's options have these names.
+LIMIT_FIELDS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(Limits))
 
 
 @dataclass(frozen=True)
@@ -92,12 +106,7 @@ class ApiKey:
             "spent_usd": spent,
             "reserved_usd": micros_to_usd(self.reserved_micros),
             "remaining_usd": None if budget is None else max(0.0, budget - spent),
-            "limits": {
-                "rpm": self.limits.rpm,
-                "audio_seconds_per_minute": self.limits.audio_seconds_per_minute,
-                "characters_per_minute": self.limits.characters_per_minute,
-                "max_concurrency": self.limits.max_concurrency,
-            },
+            "limits": self.limits.as_dict(),
         }
 
 
@@ -113,12 +122,7 @@ def _to_key(row: ApiKeyRow) -> ApiKey:
         budget_micros=row.budget_micros,
         spent_micros=row.spent_micros,
         reserved_micros=row.reserved_micros,
-        limits=Limits(
-            rpm=row.rpm,
-            audio_seconds_per_minute=row.audio_seconds_per_minute,
-            characters_per_minute=row.characters_per_minute,
-            max_concurrency=row.max_concurrency,
-        ),
+        limits=Limits.of(row),
     )
 
 
@@ -148,10 +152,7 @@ class KeyStore:
             budget_micros=budget_micros,
             spent_micros=0,
             reserved_micros=0,
-            rpm=limits.rpm,
-            audio_seconds_per_minute=limits.audio_seconds_per_minute,
-            characters_per_minute=limits.characters_per_minute,
-            max_concurrency=limits.max_concurrency,
+            **limits.as_dict(),
         )
         async with self._db.sessions.begin() as session:
             session.add(row)

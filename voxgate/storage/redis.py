@@ -26,7 +26,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from voxgate.errors import LimitsUnavailable
-from voxgate.services.limits import (
+from voxgate.limits import (
     SLOT_LEASE_S,
     WINDOW_S,
     Charge,

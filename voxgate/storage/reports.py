@@ -21,14 +21,15 @@ from typing import Any, Literal
 from sqlalchemy import BigInteger, ColumnElement, bindparam, case, func, select
 from sqlalchemy.orm import InstrumentedAttribute
 
+from voxgate.catalog import SPEECH, UPLOAD_ENDPOINTS
 from voxgate.storage.db import Database
 from voxgate.storage.tables import UsageRow
 
 GroupField = Literal["api_key_id", "model", "endpoint"]
 
 BILLABLE_STATUSES = ("succeeded", "cancelled")
-TRANSCRIPTION_ENDPOINTS = ("/v1/audio/transcriptions", "/v1/audio/translations")
-SPEECH_ENDPOINTS = ("/v1/audio/speech",)
+TRANSCRIPTION_ENDPOINTS: tuple[str, ...] = UPLOAD_ENDPOINTS
+SPEECH_ENDPOINTS: tuple[str, ...] = (SPEECH,)
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,8 @@ class UsageRow(Base):
     reserved_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     instance_id: Mapped[str] = mapped_column(String(200))
+    #: the target that served it, ``provider:upstream-model`` (None: refused before routing)
+    route: Mapped[str | None] = mapped_column(String(300))
     created_at: Mapped[int] = mapped_column(BigInteger)
     finished_at: Mapped[int | None] = mapped_column(BigInteger)
 

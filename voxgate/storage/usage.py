@@ -58,6 +58,7 @@ class Entry:
     budgeted: bool = (
         False  # the key has a stored row holding its spend (not bootstrap, not anonymous)
     )
+    route: str | None = None  # the target that served it (set by settle and record)
 
 
 class Ledger:
@@ -220,6 +221,7 @@ class Ledger:
                 http_status=record["http_status"],
                 latency_ms=record["latency_ms"],
                 finished_at=record["finished_at"],
+                route=entry.route,
             )
             if not settled and usage.cost_micros:
                 await _correct_interrupted(session, entry.request_id, key_id, usage, record)
@@ -283,6 +285,7 @@ def _row(entry: Entry, usage: Usage, *, status: Status, reserved_micros: int) ->
         cost_micros=usage.cost_micros,
         reserved_micros=reserved_micros,
         instance_id=entry.instance_id,
+        route=entry.route,
         created_at=entry.created_at,
     )
 
@@ -298,11 +301,13 @@ async def _settle(
     http_status: int | None,
     latency_ms: int | None,
     finished_at: int | None = None,
+    route: str | None = None,
 ) -> bool:
     closed = await session.execute(
         update(UsageRow)
         .where(UsageRow.request_id == request_id, UsageRow.status == "pending")
         .values(
+            route=route,
             status=status,
             http_status=http_status,
             input_audio_ms=usage.input_audio_ms,

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from collections.abc import AsyncGenerator, Iterator
 
 import espeakng_loader
 import numpy as np
 
+from voxgate import metrics
 from voxgate.concurrency import EngineGate, iterate_in_thread, run_in_thread
 from voxgate.errors import EngineFailed
 from voxgate.providers.base import PcmChunk, SpeechJob
@@ -82,8 +84,11 @@ class EspeakEngine:
 
     async def synthesize(self, job: SpeechJob) -> AsyncGenerator[PcmChunk, None]:
         async with self.gate.slot() as deadline:
+            began, spoken_s = time.monotonic(), 0.0
             async for chunk in iterate_in_thread(lambda: self._synthesize(job), deadline=deadline):
+                spoken_s += chunk.duration_s
                 yield chunk
+            metrics.observe_realtime_factor(job.engine_model, time.monotonic() - began, spoken_s)
 
     def _synthesize(self, job: SpeechJob) -> Iterator[PcmChunk]:
         identifier = self.voices.get(job.voice.lower())

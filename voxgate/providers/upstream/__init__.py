@@ -1,0 +1,1 @@
+"""OpenAI-compatible upstream providers (any audio API speaking OpenAI's wire format)."""
