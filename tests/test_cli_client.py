@@ -3,11 +3,14 @@ them: a subprocess against a real server, compared with what the API itself retu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +157,35 @@ def test_one_line_errors(server: Server, tmp_path: Path) -> None:
     down = voxgate(server, "models", "--base-url", nobody)
     assert "cannot reach a voxgate server" in one_line_error(down)
     assert "sk-wrong" not in wrong_key.stderr
+
+
+def test_progress_bar_on_a_terminal(server: Server) -> None:
+    """On a terminal, stderr shows the bar: seconds done of the file's duration (11 s)."""
+    leader, follower = pty.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        with contextlib.suppress(OSError):
+            while data := os.read(leader, 4096):
+                chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    result = subprocess.run(
+        [sys.executable, "-m", "voxgate", "transcribe", str(audio_path(JFK)), "--format", "text"],
+        env=cli_env(server, TERM="xterm-256color", COLUMNS="120"),
+        stderr=follower,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=600,
+    )
+    os.close(follower)
+    reader.join(timeout=10)
+    os.close(leader)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert result.returncode == 0, shown
+    assert "ask not what your country" in result.stdout.lower()
+    assert "0/11 s" in shown and "11/11 s" in shown, shown
 
 
 def test_segment_times_only_on_request(server: Server) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +17,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from voxgate import metrics
+from voxgate.logs import JsonFormatter
 
 JFK = "en-jfk.flac"
 JFK_SECONDS = 11.0
@@ -212,3 +215,36 @@ def test_the_dashboard_shows_every_metric_and_only_real_ones() -> None:
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
     used = {re.sub(r"_(total|bucket|sum|count)$", "", m) for m in re.findall(r"voxgate_\w+", exprs)}
     assert {name.removesuffix("_total") for name in defined} == used
+
+
+@pytest.mark.parametrize(
+    ("path", "label"),
+    [
+        ("/v1/audio/speech", "/v1/audio/speech"),
+        ("/v1/models/whisper-1", "/v1/models/{model}"),
+        ("/admin/keys/key_0123", "/admin/keys/{key_id}"),
+        ("/admin/keys/key_0123/revoke", "/admin/keys/{key_id}/revoke"),
+        ("/v1/audio/speech/", "other"),
+        ("/wp-login.php", "other"),
+    ],
+)
+def test_endpoint_labels(path: str, label: str) -> None:
+    assert metrics.endpoint_label(path) == label
+
+
+def test_json_log_lines() -> None:
+    formatter = JsonFormatter()
+    access = logging.makeLogRecord(
+        {"name": "voxgate.access", "levelname": "INFO", "msg": "text", "access": {"status": 200}}
+    )
+    assert json.loads(formatter.format(access))["status"] == 200
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failure = logging.makeLogRecord(
+            {"name": "voxgate", "levelname": "ERROR", "msg": "failed %s", "args": ("x",)}
+        )
+        failure.exc_info = sys.exc_info()
+    line = json.loads(formatter.format(failure))
+    assert line["message"] == "failed x" and "ValueError: boom" in line["exception"]
+    assert line["level"] == "error" and line["logger"] == "voxgate"

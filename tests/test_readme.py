@@ -5,7 +5,8 @@ one working directory, as one shell session would run them: variables a block ex
 there for the next ones. Shell blocks run in ``bash -euo pipefail``; Python blocks with
 ``-W error::DeprecationWarning`` (no example may warn). The only changes made to a block are
 the ones a reader's machine makes for them: ``.venv/bin/voxgate`` and ``.venv/bin/python`` are
-this test run's, the server's address replaces ``http://127.0.0.1:8000``, and
+this test run's, the repository's ``tests/`` is linked into the working directory, the
+server's address replaces ``http://127.0.0.1:8000``, and
 ``VOXGATE_BASE_URL`` points the client commands at it.
 """
 
@@ -34,9 +35,9 @@ def readme_blocks() -> list[tuple[str, str, str]]:
 BLOCKS = readme_blocks()
 #: What each block must leave behind or print, beyond exiting 0 without an error envelope.
 EXPECTED: dict[str, tuple[list[str], list[str]]] = {
-    "first-key": (["meeting.mp3", "interview-de.mp3"], []),
-    "sdk": (["hello.mp3", "de.mp3"], ["english", "transcript.text.done", "weather"]),
-    "curl": (["hello.wav"], ["-->", "speech.audio.done", "transcript.text.done", "whisper-1"]),
+    "first-key": (["meeting.mp3", "interview-de.ogg"], []),
+    "sdk": (["hello.mp3", "de.mp3"], ["english", "transcript.text.done", "hong kong"]),
+    "curl": (["hello.wav"], ["-->", "speech.audio.done", "transcript.text.done", "hong kong"]),
     "cli": (["hello.wav", "stdin.opus", "transcripts/meeting.srt", "transcripts/hello.srt"], []),
     "keys": (["ci-key.json"], ["mobile-app"]),
     "admin": (["new-key.json"], ['"revoked":true']),
@@ -57,8 +58,10 @@ def readme_server(start_server: StartServer) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh directory with the ``.venv/bin`` the README's commands call."""
+    """A fresh directory like a clone: the repository's test audio, and the ``.venv/bin`` the
+    README's commands call."""
     root = tmp_path_factory.mktemp("readme")
+    (root / "tests").symlink_to(REPO / "tests")
     bin_dir = root / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
     (bin_dir / "python").symlink_to(sys.executable)

@@ -23,7 +23,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-disable_created_metrics()  # type: ignore[no-untyped-call]  # no ``*_created`` series: they double the output and say little
+# No ``*_created`` series: they double the output and say little.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 #: Routes that get their own ``endpoint`` label; every other path is counted as ``other``.
 ENDPOINTS = frozenset(

@@ -9,10 +9,12 @@ Nothing from the request's body or headers is logged.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
 from fastapi import APIRouter, Request, Response
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from voxgate import metrics
@@ -52,15 +54,16 @@ class ObservabilityMiddleware:
                 first_byte = time.monotonic()
             await send(message)
 
-        failed = False
+        unanswered = CLIENT_CLOSED  # what a request that never got a response counts as
         try:
             await self.app(scope, receive, observed_send)
-        except BaseException:
-            failed = True
+        except (ClientDisconnect, OSError, asyncio.CancelledError):
+            raise  # the client left, or the server is stopping: still CLIENT_CLOSED
+        except Exception:
+            unanswered = 500  # RequestIdMiddleware answers it
             raise
         finally:
-            final = status if status is not None else (500 if failed else CLIENT_CLOSED)
-            _record(scope, final, arrived, first_byte)
+            _record(scope, status if status is not None else unanswered, arrived, first_byte)
 
 
 def _record(scope: Scope, status: int, arrived: float, first_byte: float | None) -> None:

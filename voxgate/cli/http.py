@@ -66,7 +66,7 @@ def reporting(server: Server) -> Iterator[None]:
         fail(str(exc))
     except httpx.ConnectError:
         fail(
-            f"cannot reach a voxgate server at {server.base_url}: is `voxgate serve` running? "
+            f"cannot reach a voxgate server at {server.base_url}: is voxgate serve running? "
             "(set --base-url or VOXGATE_BASE_URL)"
         )
     except httpx.TimeoutException:
