@@ -72,7 +72,7 @@ def unguarded(start_server: StartServer) -> Iterator[Server]:
 
 
 # The machine running the suite may be busy: a minute of audio can take minutes to decode.
-TIMEOUT_S = 900
+TIMEOUT_S = 1800
 
 
 def _verbose(server: Server, path: Path) -> httpx.Response:
