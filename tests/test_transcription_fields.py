@@ -18,17 +18,19 @@ SONNET = "en-librivox-shakespeare-sonnet001.mp3"  # 53 s: two VAD windows
 TIMEOUT_S = 600
 
 
-def _post(
-    http: httpx.Client, clip: str, data: dict[str, Any] | list[tuple[str, str]]
-) -> httpx.Response:
+def _post(http: httpx.Client, clip: str, data: dict[str, Any]) -> httpx.Response:
     with audio_path(clip).open("rb") as audio:
         return http.post(
             "/v1/audio/transcriptions", files={"file": (clip, audio)}, data=data, timeout=TIMEOUT_S
         )
 
 
-def _multi(*pairs: tuple[str, str]) -> list[tuple[str, str]]:
-    return [("model", "whisper-1"), *pairs]
+def _multi(*pairs: tuple[str, str]) -> dict[str, Any]:
+    """Form fields with repeated keys (``keywords[]`` twice …), as httpx takes them."""
+    fields: dict[str, Any] = {"model": "whisper-1"}
+    for key, value in pairs:
+        fields.setdefault(key, []).append(value)
+    return fields
 
 
 def test_keywords_are_accepted_by_the_sdk_and_keep_the_transcript(sdk: openai.OpenAI) -> None:
