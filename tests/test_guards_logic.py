@@ -35,7 +35,7 @@ def test_no_speech_needs_both_signals() -> None:
 
 def test_low_confidence_is_flagged_not_dropped() -> None:
     guard = SegmentGuard()
-    kept = guard.check(_segment(" Fire fox.", avg_logprob=-0.95, no_speech_prob=0.1))
+    kept = guard.check(_segment(" Fire fox.", avg_logprob=-1.05, no_speech_prob=0.1))
     assert kept is not None
     assert [(a.action, a.reason) for a in guard.report.actions] == [("flagged", "low_confidence")]
     assert guard.report.header() == "dropped=0, trimmed=0, flagged=1"

@@ -31,8 +31,9 @@ from voxgate.providers.base import Segment, Transcription
 NO_SPEECH_PROB = 0.6
 LOW_AVG_LOGPROB = -1.0
 LOOP_COMPRESSION_RATIO = 2.4
-# A segment is flagged (kept, but reported) below this confidence.
-FLAG_AVG_LOGPROB = -0.8
+# A segment is flagged (kept, but reported) below this confidence: where Whisper itself would
+# have re-decoded at a higher temperature.
+FLAG_AVG_LOGPROB = LOW_AVG_LOGPROB
 # A run of the same n-gram (1 to _MAX_NGRAM words) repeated this many times in a row is a loop:
 # speech repeats a word twice ("the the") or a phrase three times at most.
 _LOOP_REPEATS = 4
