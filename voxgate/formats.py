@@ -46,6 +46,7 @@ def render(
     words: bool = False,
     with_segments: bool = True,
     include_logprobs: bool = False,
+    guards: schemas.GuardsOut | None = None,
 ) -> tuple[str, str]:
     """Return (body, media type) for one of the five transcript formats."""
     if response_format == "text":
@@ -63,6 +64,7 @@ def render(
             segments=[_segment_out(s) for s in segments] if with_segments else None,
             words=[_word_out(w) for s in segments for w in s.words] if words else None,
             usage=usage(duration_s) if task == "transcribe" else None,
+            guards=guards,
         )
         return verbose.model_dump_json(exclude_none=True), "application/json"
     body = schemas.TranscriptionJson(

@@ -62,6 +62,13 @@ class SpeechRequest(_Wire):
     stream_format: Literal["audio", "sse"] = "audio"
 
 
+MAX_KEYWORDS = 50
+MAX_LANGUAGES = 20
+Keyword = Annotated[Text, Field(min_length=1, max_length=100)]
+"""One ``keywords[]`` entry: a word or short phrase. Whisper reads them in its prompt window
+(224 tokens, shared with ``prompt``), so the list is bounded."""
+
+
 class TranscriptionForm(_Wire):
     """The non-file fields of a transcription or translation form, validated."""
 
@@ -74,6 +81,12 @@ class TranscriptionForm(_Wire):
     include: list[TranscriptionInclude] = []
     stream: bool = False
     chunking_strategy: Text | dict[Text, Text] | None = None
+    # OpenAI's newer fields: hint words for the decoder, candidate languages for detection, and
+    # diarization's speaker labels and samples (refused: there is no diarization engine).
+    keywords: list[Keyword] | None = Field(default=None, max_length=MAX_KEYWORDS)
+    languages: list[Text] | None = Field(default=None, min_length=1, max_length=MAX_LANGUAGES)
+    known_speaker_names: list[Text] | None = Field(default=None, max_length=4)
+    known_speaker_references: list[Text] | None = Field(default=None, max_length=4)
 
 
 # --- responses ------------------------------------------------------------------------------
@@ -115,6 +128,22 @@ class SegmentOut(BaseModel):
     no_speech_prob: float
 
 
+class GuardActionOut(BaseModel):
+    action: Literal["dropped", "trimmed", "flagged"]
+    reason: Literal["no_speech", "repetition", "repeated_segment", "low_confidence"]
+    start: float
+    end: float
+
+
+class GuardsOut(BaseModel):
+    """voxgate's extra: what the quality guards did (the SDK's models tolerate extra keys)."""
+
+    dropped: int
+    trimmed: int
+    flagged: int
+    actions: list[GuardActionOut]
+
+
 class TranscriptionVerbose(BaseModel):
     task: Literal["transcribe", "translate"]
     language: str
@@ -123,6 +152,7 @@ class TranscriptionVerbose(BaseModel):
     segments: list[SegmentOut] | None = None
     words: list[WordOut] | None = None
     usage: DurationUsage | None = None
+    guards: GuardsOut | None = None
 
 
 class TranscriptTextDelta(BaseModel):
@@ -139,6 +169,7 @@ class TranscriptTextDone(BaseModel):
     text: str
     logprobs: list[Logprob] | None = None
     usage: DurationUsage | None = None
+    guards: GuardsOut | None = None
 
 
 class SpeechAudioDelta(BaseModel):

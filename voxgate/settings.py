@@ -130,6 +130,15 @@ class Settings(BaseSettings):
     whisper_cpu_threads: int = Field(default=0, ge=0)
     """Threads per Whisper inference; 0 uses every core."""
 
+    whisper_timestamp_tokens: bool = False
+    """Decode short audio (up to one 30 s window) with Whisper's timestamp tokens, as
+    faster-whisper does by default. Off, the text is more accurate (docs/benchmarks.md) and
+    segment times come from word alignment; long audio never uses them."""
+
+    transcript_guards: bool = True
+    """Drop text Whisper invents on silence, noise or music and cut repetition loops (see
+    README, "Quality guards"); what was done is reported in verbose_json and a header."""
+
     whisper_batch_size: int = Field(default=4, ge=1)
     """Chunks (up to 30 s each) decoded per batch for audio over 30 s. On 2 cores 4 is as fast
     as 8, and streamed text and cancellation act between batches, so smaller is more responsive."""

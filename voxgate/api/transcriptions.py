@@ -27,6 +27,7 @@ from voxgate.concurrency import ClientDisconnected, cancel_on_disconnect
 from voxgate.errors import InvalidRequest
 from voxgate.providers.base import Segment, Task, Transcription
 from voxgate.services.container import Services
+from voxgate.services.guards import GuardReport, guard_transcription
 from voxgate.services.metering import Ticket
 from voxgate.services.relay import (
     ROUTE_HEADER,
@@ -39,7 +40,18 @@ from voxgate.uploads import SpooledUpload
 
 router = APIRouter()
 
-_ARRAY_FIELDS = ("timestamp_granularities", "include")
+_ARRAY_FIELDS = (
+    "timestamp_granularities",
+    "include",
+    "keywords",
+    "languages",
+    "known_speaker_names",
+    "known_speaker_references",
+)
+_TIMED_FORMATS = ("srt", "vtt", "verbose_json")
+# What the quality guards did: "dropped=N, trimmed=N, flagged=N" (not on streamed responses,
+# whose headers leave before the guards have seen a segment; their done event says it).
+GUARDS_HEADER = "x-voxgate-guards"
 #: Request header that adds each segment's ``start`` and ``end`` (seconds) to the streamed
 #: ``transcript.text.delta`` events: a voxgate extension (OpenAI's events carry no times), which
 #: the ``voxgate transcribe`` progress bar and its srt/vtt output are built from.
@@ -140,6 +152,10 @@ async def _handle(
                 prompt=options.prompt,
                 temperature=options.temperature,
                 word_timestamps=words or logprobs,
+                keywords=tuple(options.keywords or ()),
+                languages=tuple(options.languages or ()),
+                stream=options.stream,
+                segment_times=options.response_format in _TIMED_FORMATS and not options.stream,
             )
             try:
                 transcription = await cancel_on_disconnect(request.receive, started)
@@ -149,9 +165,12 @@ async def _handle(
             route_headers = {ROUTE_HEADER: ticket.route}
     finally:
         await form.close()
+    report = guard_transcription(transcription) if services.settings.transcript_guards else None
     if options.stream:
         times = request.headers.get(SEGMENT_TIMES_HEADER, "").lower() in ("1", "true", "on")
-        events = _stream_events(transcription, ticket, logprobs=logprobs, times=times)
+        events = _stream_events(
+            transcription, ticket, logprobs=logprobs, times=times, report=report
+        )
         return StreamingResponse(events, media_type="text/event-stream", headers=route_headers)
     try:
         segments = await cancel_on_disconnect(request.receive, transcription.all_segments())
@@ -166,7 +185,10 @@ async def _handle(
         words=words,
         with_segments="segment" in options.timestamp_granularities or not words,
         include_logprobs=logprobs,
+        guards=_guards_out(report),
     )
+    if report is not None:
+        route_headers[GUARDS_HEADER] = report.header()
     return Response(body, media_type=media_type, headers=route_headers)
 
 
@@ -200,6 +222,14 @@ def _form_fields(form: FormData) -> dict[str, Any]:
 
 
 def _check_combinations(options: schemas.TranscriptionForm) -> None:
+    for field in ("known_speaker_names", "known_speaker_references"):
+        if getattr(options, field) is not None:
+            raise InvalidRequest(
+                f"'{field}' labels speakers for diarization, which this server does not offer "
+                "(no diarization model). Leave it out.",
+                param=field,
+                code="unsupported_value",
+            )
     if "word" in options.timestamp_granularities and options.response_format != "verbose_json":
         raise InvalidRequest(
             "timestamp_granularities[]=word requires response_format=verbose_json.",
@@ -215,7 +245,12 @@ def _check_combinations(options: schemas.TranscriptionForm) -> None:
 
 
 async def _stream_events(
-    transcription: Transcription, ticket: Ticket, *, logprobs: bool, times: bool = False
+    transcription: Transcription,
+    ticket: Ticket,
+    *,
+    logprobs: bool,
+    times: bool = False,
+    report: GuardReport | None = None,
 ) -> AsyncIterator[bytes]:
     """``transcript.text.delta`` as each segment is decoded, then ``transcript.text.done``.
 
@@ -238,8 +273,23 @@ async def _stream_events(
         text=formats.transcript_text(segments),
         logprobs=formats.logprobs(segments) if logprobs else None,
         usage=formats.usage(transcription.duration_s),
+        guards=_guards_out(report),
     )
     yield _sse(done)
+
+
+def _guards_out(report: GuardReport | None) -> schemas.GuardsOut | None:
+    if report is None:
+        return None
+    return schemas.GuardsOut(
+        dropped=report.count("dropped"),
+        trimmed=report.count("trimmed"),
+        flagged=report.count("flagged"),
+        actions=[
+            schemas.GuardActionOut(action=a.action, reason=a.reason, start=a.start, end=a.end)
+            for a in report.actions
+        ],
+    )
 
 
 def _sse(event: schemas.TranscriptTextDelta | schemas.TranscriptTextDone) -> bytes:

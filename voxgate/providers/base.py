@@ -63,6 +63,16 @@ class TranscriptionJob:
     prompt: str | None = None
     temperature: float | None = None
     word_timestamps: bool = False
+    # Words or phrases to bias decoding towards (OpenAI's ``keywords``).
+    keywords: tuple[str, ...] = ()
+    # Candidate language codes: detection picks among these (ignored when ``language`` is set).
+    languages: tuple[str, ...] = ()
+    # The consumer streams: hand over each segment as soon as it is decoded, even at some cost
+    # in throughput (the local engine then decodes long audio one window per batch).
+    stream: bool = False
+    # The response shows segment times (srt, vtt, verbose_json); plain text needs none, which
+    # saves the local engine its word-alignment pass.
+    segment_times: bool = True
 
 
 @dataclass

@@ -40,6 +40,10 @@ async def start_transcription(
     prompt: str | None = None,
     temperature: float | None = None,
     word_timestamps: bool = False,
+    keywords: tuple[str, ...] = (),
+    languages: tuple[str, ...] = (),
+    stream: bool = False,
+    segment_times: bool = True,
 ) -> Transcription:
     """Transcribe (or translate) ``source`` for ``ticket`` (which has authorized the model).
 
@@ -49,6 +53,13 @@ async def start_transcription(
     entry = ticket.entry
     assert entry is not None
     code = check_language(entry, language) if language else None
+    candidates = tuple(dict.fromkeys(check_language(entry, x, "languages") for x in languages))
+    if code is not None and candidates and code not in candidates:
+        raise InvalidRequest(
+            f"'language' ({language}) must be one of 'languages' when both are given.",
+            param="languages",
+            code="invalid_value",
+        )
     max_s = services.settings.max_audio_seconds
     stated_s = await run_in_thread(probe_duration, source)
     allowance_s = await ticket.audio_allowance(stated_s)
@@ -70,6 +81,10 @@ async def start_transcription(
         prompt=prompt,
         temperature=temperature,
         word_timestamps=word_timestamps,
+        keywords=keywords,
+        languages=candidates,
+        stream=stream,
+        segment_times=segment_times,
     )
     return await services.router.transcription_provider(entry).transcribe(job)
 
@@ -101,13 +116,13 @@ async def decode_upload(
                 await run_in_thread(release_memory)
 
 
-def check_language(entry: CatalogEntry, language: str) -> str:
+def check_language(entry: CatalogEntry, language: str, param: str = "language") -> str:
     code = language_code(language)
     if code is None or (entry.model.languages and code not in entry.model.languages):
         raise InvalidRequest(
             f"Language '{language}' is not supported by model '{entry.id}'. Use an ISO-639-1 "
             "code such as 'en', 'de' or 'zh' (see GET /api/models for the model's languages).",
-            param="language",
+            param=param,
             code="unsupported_value",
         )
     return code

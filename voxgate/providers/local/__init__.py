@@ -81,6 +81,7 @@ class LocalProvider:
                 cpu_threads=self._settings.whisper_cpu_threads,
                 beam_size=self._settings.whisper_beam_size,
                 batch_size=self._settings.whisper_batch_size,
+                timestamp_tokens=self._settings.whisper_timestamp_tokens,
             )
             await whisper.warm_up()
             self._transcribers["faster-whisper"] = whisper

@@ -5,10 +5,12 @@ faster-whisper's ``BatchedInferencePipeline``: Silero VAD cuts it into speech ch
 30 s that are decoded in batches, faster than sequential decoding and immune to its "skipped
 30 s window" failure.
 
-The batched pipeline runs *without* timestamp tokens: with them, Whisper base dropped whole
-phrases at chunk ends (WER 0.118 against 0.039 on the 222 s LJ Speech clip). Its segments are
-then whole VAD chunks, so we take word timestamps (free here) and cut each chunk into
-sentence-sized segments, as a subtitle or a verbose_json reader expects.
+Both paths decode *without* timestamp tokens. In the batched pipeline, with them, Whisper base
+dropped whole phrases at chunk ends (WER 0.118 against 0.039 on the 222 s LJ Speech clip); on
+short clips, without them it makes fewer errors (the development set's 19 short English clips:
+16 word errors against 19, see docs/benchmarks.md). Segments are then whole windows, so when
+the response needs times (srt, vtt, verbose_json, streaming) we take word timestamps and cut
+each window into sentence-sized segments, as a subtitle or a verbose_json reader expects.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,10 +67,12 @@ class WhisperEngine:
         cpu_threads: int = 0,
         beam_size: int = 5,
         batch_size: int = 8,
+        timestamp_tokens: bool = False,
     ) -> None:
         self.gate = gate
         self._beam_size = beam_size
         self._batch_size = batch_size
+        self._timestamp_tokens = timestamp_tokens
         self._model = WhisperModel(
             str(model_dir),
             device="cpu",
@@ -119,14 +123,15 @@ class WhisperEngine:
         start = job.temperature or 0.0
         temperature = (start, *(t for t in _FALLBACK_TEMPERATURES if t > start))
         options: dict[str, Any] = dict(
-            language=job.language,
+            language=job.language or self._pick_language(audio, job.languages),
             task=job.task,
             beam_size=self._beam_size,
             temperature=temperature,
             initial_prompt=job.prompt or None,
+            hotwords=" ".join(job.keywords) or None,
         )
         duration_s = len(audio) / WHISPER_SAMPLE_RATE
-        if duration_s <= _WINDOW_S:
+        if duration_s <= _WINDOW_S and self._timestamp_tokens:
             raw_segments, info = self._model.transcribe(
                 audio, word_timestamps=job.word_timestamps, **options
             )
@@ -134,19 +139,52 @@ class WhisperEngine:
             for index, raw in enumerate(raw_segments):
                 yield _to_segment(index, raw, keep_words=job.word_timestamps)
             return
+        if duration_s <= _WINDOW_S:
+            # Text alone is more accurate without timestamp tokens (see the module docstring);
+            # times, when the response has them, come from word alignment, as for long audio.
+            timed = job.word_timestamps or job.segment_times
+            raw_segments, info = self._model.transcribe(
+                audio, without_timestamps=True, word_timestamps=timed, **options
+            )
+            yield _Started(info, duration_s)
+            yield from self._split(raw_segments, timed=timed, keep_words=job.word_timestamps)
+            return
         raw_segments, info = self._batched.transcribe(
             audio,
-            batch_size=self._batch_size,
+            # A batch's segments come out together: a streamed job's first text would wait
+            # for ``batch_size`` windows (a 53 s clip: all of it), so it goes one at a time.
+            batch_size=1 if job.stream else self._batch_size,
             without_timestamps=True,
             word_timestamps=True,
             **options,
         )
         yield _Started(info, duration_s)
+        yield from self._split(raw_segments, timed=True, keep_words=job.word_timestamps)
+
+    def _split(
+        self, raw_segments: Iterable[FwSegment], *, timed: bool, keep_words: bool
+    ) -> Iterator[Segment]:
+        """Segments decoded without timestamp tokens, cut into sentences by their word times
+        (``timed``), or as they are: one per window, spanning it."""
         index = 0
         for raw in raw_segments:
-            for words in _sentences(raw.words or []):
-                yield self._sub_segment(index, raw, words, keep_words=job.word_timestamps)
+            if not timed:
+                yield _to_segment(index, raw, keep_words=False)
                 index += 1
+                continue
+            for words in _sentences(raw.words or []):
+                yield self._sub_segment(index, raw, words, keep_words=keep_words)
+                index += 1
+
+    def _pick_language(self, audio: np.ndarray, candidates: tuple[str, ...]) -> str | None:
+        """The most likely of ``candidates`` on the first window (None: let Whisper choose)."""
+        if not candidates:
+            return None
+        if len(candidates) == 1:
+            return candidates[0]
+        _, _, ranked = self._model.detect_language(audio[: int(_WINDOW_S * WHISPER_SAMPLE_RATE)])
+        wanted = set(candidates)
+        return next((code for code, _ in ranked if code in wanted), candidates[0])
 
     def _sub_segment(
         self, index: int, raw: FwSegment, words: list[FwWord], *, keep_words: bool
