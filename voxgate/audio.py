@@ -11,7 +11,7 @@ produced, so a response can stream as it is synthesised. All of them block: call
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal, cast, get_args
 
@@ -91,58 +91,43 @@ class WhisperDecoder:
     becomes gigabytes of samples. Like FFmpeg, it decodes what it can: a packet the codec
     rejects is skipped, and a container that ends early or breaks ends the audio there; only
     an upload that yields no audio at all is InvalidAudio.
+
+    With ``keep=False`` it only measures: the samples are counted and dropped, so an hour of
+    audio is measured in constant memory (the windowed transcription decodes it again, piece
+    by piece, with ``pcm_pieces``).
     """
 
-    def __init__(self, source: BinaryIO, *, max_s: float, size_hint_s: float | None = None):
+    def __init__(
+        self,
+        source: BinaryIO,
+        *,
+        max_s: float,
+        size_hint_s: float | None = None,
+        keep: bool = True,
+    ):
         self._source = source
         self._max_samples = int(max_s * WHISPER_SAMPLE_RATE)
-        hint_s = min(size_hint_s or PROGRESS_S, max_s)
+        hint_s = min(size_hint_s or PROGRESS_S, max_s) if keep else 0.0
         self._samples = _Samples(int(hint_s * WHISPER_SAMPLE_RATE) + WHISPER_SAMPLE_RATE)
+        self._keep = keep
+        self._counted = 0
         self.max_s = max_s
 
     @property
     def decoded_s(self) -> float:
-        return self._samples.length / WHISPER_SAMPLE_RATE
+        return self._counted / WHISPER_SAMPLE_RATE
 
     def run(self) -> Iterator[float]:
         """Decode, yielding the seconds decoded so far now and then. Raises InvalidAudio."""
-        self._source.seek(0)
-        try:
-            with av.open(self._source, mode="r", metadata_errors="ignore") as container:
-                yield from self._decode(container, _audio_stream(container))
-        except _DECODE_ERRORS as exc:
-            if not self._samples.length:
-                raise _undecodable() from exc
-            # The container broke after some audio (a truncated upload): that is the audio.
-        if not self._samples.length:
-            raise InvalidAudio("The uploaded file contains no audio.", param="file")
-        yield self.decoded_s
-
-    def _decode(self, container: InputContainer, stream: AudioStream) -> Iterator[float]:
-        resampler = _resampler()
         next_progress = PROGRESS_S * WHISPER_SAMPLE_RATE
-        for packet in container.demux(stream):
-            try:
-                frames = packet.decode()
-            except av.error.FFmpegError:
-                continue  # a damaged packet: skip it, as FFmpeg does
-            for frame in frames:
-                try:
-                    self._add(resampler.resample(frame))
-                except ValueError:  # the format changed mid-stream: start a new resampler
-                    self._add(resampler.resample(None))
-                    resampler = _resampler()
-                    self._add(resampler.resample(frame))
-            if self._samples.length >= next_progress:
-                next_progress = self._samples.length + PROGRESS_S * WHISPER_SAMPLE_RATE
+        for piece in pcm_pieces(self._source, max_s=self.max_s):
+            if self._keep:
+                self._samples.append(piece, self._max_samples)
+            self._counted += len(piece)
+            if self._counted >= next_progress:
+                next_progress = self._counted + PROGRESS_S * WHISPER_SAMPLE_RATE
                 yield self.decoded_s
-        self._add(resampler.resample(None))
-
-    def _add(self, frames: list[av.AudioFrame]) -> None:
-        for frame in frames:
-            if self._samples.length + frame.samples > self._max_samples:
-                raise audio_too_long(self.max_s)
-            self._samples.append(frame.to_ndarray()[0], self._max_samples)
+        yield self.decoded_s
 
     def audio(self) -> np.ndarray:
         """The decoded samples (once ``run`` is exhausted); the decoder lets go of them."""
@@ -151,6 +136,70 @@ class WhisperDecoder:
     def discard(self) -> None:
         """Free the samples now (a refused or abandoned decode)."""
         self._samples.take()
+
+
+@dataclass(frozen=True)
+class MeasuredAudio:
+    """An upload whose decoded length is known, decoded again piece by piece when needed.
+
+    ``pieces`` starts a fresh blocking generator of 16 kHz mono float32 pieces each time (see
+    ``pcm_pieces``), so a job holds one piece, not the file.
+    """
+
+    duration_s: float
+    pieces: Callable[[], Iterator[np.ndarray]]
+
+    @classmethod
+    def of(cls, samples: np.ndarray) -> MeasuredAudio:
+        """Audio already in memory (warm-up, tests)."""
+        return cls(len(samples) / WHISPER_SAMPLE_RATE, lambda: iter((samples,)))
+
+
+def pcm_pieces(source: BinaryIO, *, max_s: float) -> Iterator[np.ndarray]:
+    """The upload as 16 kHz mono float32 pieces (one per decoded frame), from its start.
+
+    A blocking generator: memory is one frame, whatever the file's length. Raises AudioTooLong
+    at the first frame past ``max_s`` and InvalidAudio for an upload with no audio at all; a
+    damaged packet is skipped and a container that breaks after some audio ends it there.
+    """
+    source.seek(0)
+    max_samples = int(max_s * WHISPER_SAMPLE_RATE)
+    total = 0
+    try:
+        with av.open(source, mode="r", metadata_errors="ignore") as container:
+            for piece in _decode(container, _audio_stream(container)):
+                total += len(piece)
+                if total > max_samples:
+                    raise audio_too_long(max_s)
+                yield piece
+    except _DECODE_ERRORS as exc:
+        if not total:
+            raise _undecodable() from exc
+        # The container broke after some audio (a truncated upload): that is the audio.
+    if not total:
+        raise InvalidAudio("The uploaded file contains no audio.", param="file")
+
+
+def _decode(container: InputContainer, stream: AudioStream) -> Iterator[np.ndarray]:
+    resampler = _resampler()
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError:
+            continue  # a damaged packet: skip it, as FFmpeg does
+        for frame in frames:
+            try:
+                yield from _samples_of(resampler.resample(frame))
+            except ValueError:  # the format changed mid-stream: start a new resampler
+                yield from _samples_of(resampler.resample(None))
+                resampler = _resampler()
+                yield from _samples_of(resampler.resample(frame))
+    yield from _samples_of(resampler.resample(None))
+
+
+def _samples_of(frames: list[av.AudioFrame]) -> Iterator[np.ndarray]:
+    for frame in frames:
+        yield frame.to_ndarray()[0]
 
 
 class _Samples:

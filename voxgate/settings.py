@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     whisper_cpu_threads: int = Field(default=0, ge=0)
     """Threads per Whisper inference; 0 uses every core."""
 
+    whisper_window_s: float = Field(default=120.0, ge=20.0, le=1800.0)
+    """Length of the windows long audio is decoded and transcribed in, in seconds (each cut at
+    a silence in its last quarter, at most 30 s of it). Memory per job is about one window
+    (120 s: 7.7 MB of samples); longer windows give Whisper no more context than its 30 s."""
+
     whisper_batch_size: int = Field(default=4, ge=1)
     """Chunks (up to 30 s each) decoded per batch for audio over 30 s. On 2 cores 4 is as fast
     as 8, and streamed text and cancellation act between batches, so smaller is more responsive."""

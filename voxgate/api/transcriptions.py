@@ -9,7 +9,7 @@ repeated ``key``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import AsyncExitStack, aclosing
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -21,12 +21,15 @@ from voxgate import formats, schemas
 from voxgate.api.deps import ServicesDep, TicketDep
 from voxgate.api.errors import validation_response
 from voxgate.api.forms import read_form
+from voxgate.api.speech import CleanupDep
+from voxgate.audio_windows import AUTO, VadOptions
 from voxgate.catalog import Endpoint
 from voxgate.concurrency import ClientDisconnected, cancel_on_disconnect
 from voxgate.errors import InvalidRequest
 from voxgate.providers.base import Segment, Task, Transcription
 from voxgate.services.container import Services
 from voxgate.services.metering import Ticket
+from voxgate.services.speech import close_quietly
 from voxgate.services.transcription import start_transcription
 
 router = APIRouter()
@@ -37,56 +40,66 @@ _MAX_FIELDS = 64
 
 @router.post("/v1/audio/transcriptions")
 async def create_transcription(
-    request: Request, services: ServicesDep, ticket: TicketDep
+    request: Request, services: ServicesDep, ticket: TicketDep, cleanup: CleanupDep
 ) -> Response:
-    return await _handle(request, services, ticket, "transcribe", "/v1/audio/transcriptions")
+    return await _handle(
+        request, services, ticket, cleanup, "transcribe", "/v1/audio/transcriptions"
+    )
 
 
 @router.post("/v1/audio/translations")
 async def create_translation(
-    request: Request, services: ServicesDep, ticket: TicketDep
+    request: Request, services: ServicesDep, ticket: TicketDep, cleanup: CleanupDep
 ) -> Response:
-    return await _handle(request, services, ticket, "translate", "/v1/audio/translations")
+    return await _handle(request, services, ticket, cleanup, "translate", "/v1/audio/translations")
 
 
 async def _handle(
-    request: Request, services: Services, ticket: Ticket, task: Task, endpoint: Endpoint
+    request: Request,
+    services: Services,
+    ticket: Ticket,
+    cleanup: AsyncExitStack,
+    task: Task,
+    endpoint: Endpoint,
 ) -> Response:
     form = await read_form(request, max_files=1, max_fields=_MAX_FIELDS)
+    # The upload is decoded again window by window while segments are produced, so the form
+    # (its spooled file) stays open until the response is sent or abandoned; the segments
+    # (the engine slot) are closed first.
+    cleanup.push_async_callback(form.close)
+    upload = form.get("file")
     try:
-        upload = form.get("file")
-        try:
-            options = schemas.TranscriptionForm.model_validate(_form_fields(form))
-        except ValidationError as exc:
-            return validation_response(request, exc.errors())
-        if not isinstance(upload, UploadFile):
-            raise InvalidRequest(
-                "Missing required parameter: 'file' (an audio file upload).",
-                param="file",
-                code="missing_required_parameter",
-            )
-        ticket.authorize(services.catalog.for_endpoint(options.model, endpoint))
-        _check_combinations(options)  # word timestamps imply verbose_json from here on
-        words = "word" in options.timestamp_granularities
-        logprobs = "logprobs" in options.include
-        # The body is read: from here a client that leaves is noticed, in the engine's queue
-        # and while its upload is decoded as well as during inference.
-        started = start_transcription(
-            services,
-            ticket,
-            upload.file,
-            task=task,
-            language=options.language,
-            prompt=options.prompt,
-            temperature=options.temperature,
-            word_timestamps=words or logprobs,
+        options = schemas.TranscriptionForm.model_validate(_form_fields(form))
+    except ValidationError as exc:
+        return validation_response(request, exc.errors())
+    if not isinstance(upload, UploadFile):
+        raise InvalidRequest(
+            "Missing required parameter: 'file' (an audio file upload).",
+            param="file",
+            code="missing_required_parameter",
         )
-        try:
-            transcription = await cancel_on_disconnect(request.receive, started)
-        except ClientDisconnected:
-            return Response(status_code=499)
-    finally:
-        await form.close()
+    ticket.authorize(services.catalog.for_endpoint(options.model, endpoint))
+    _check_combinations(options)  # word timestamps imply verbose_json from here on
+    words = "word" in options.timestamp_granularities
+    logprobs = "logprobs" in options.include
+    # The body is read: from here a client that leaves is noticed, in the engine's queue
+    # and while its upload is decoded as well as during inference.
+    started = start_transcription(
+        services,
+        ticket,
+        upload.file,
+        task=task,
+        language=options.language,
+        prompt=options.prompt,
+        temperature=options.temperature,
+        word_timestamps=words or logprobs,
+        chunking=_chunking(options.chunking_strategy),
+    )
+    try:
+        transcription = await cancel_on_disconnect(request.receive, started)
+    except ClientDisconnected:
+        return Response(status_code=499)
+    cleanup.push_async_callback(close_quietly, transcription.segments)
     if options.stream:
         events = _stream_events(transcription, ticket, logprobs=logprobs)
         return StreamingResponse(events, media_type="text/event-stream")
@@ -124,6 +137,19 @@ def _form_fields(form: FormData) -> dict[str, Any]:
         else:
             fields[key] = value
     return fields
+
+
+def _chunking(strategy: schemas.ServerVad | str | None) -> VadOptions:
+    """OpenAI's ``chunking_strategy`` in Silero's terms. Unset and ``"auto"`` are the server's
+    defaults: long audio is always chunked here (OpenAI's unset means one block)."""
+    if not isinstance(strategy, schemas.ServerVad):
+        return AUTO
+    return VadOptions(
+        threshold=strategy.threshold,
+        speech_pad_ms=strategy.prefix_padding_ms,
+        min_silence_duration_ms=strategy.silence_duration_ms,
+        explicit=True,
+    )
 
 
 def _check_combinations(options: schemas.TranscriptionForm) -> None:

@@ -81,6 +81,7 @@ class LocalProvider:
                 cpu_threads=self._settings.whisper_cpu_threads,
                 beam_size=self._settings.whisper_beam_size,
                 batch_size=self._settings.whisper_batch_size,
+                window_s=self._settings.whisper_window_s,
             )
             await whisper.warm_up()
             self._transcribers["faster-whisper"] = whisper

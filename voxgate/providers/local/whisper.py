@@ -1,6 +1,11 @@
 """Speech to text, translation and language detection with faster-whisper (CTranslate2).
 
-Audio up to one 30 s window goes through the plain decoder. Longer audio goes through
+The upload is decoded piece by piece and cut into windows of about two minutes at silences
+(``audio_windows``); each window is transcribed on its own and its segments are stitched onto
+the file's timeline, so memory stays the same for a minute or an hour and text streams window
+by window. The language is detected on the first window and kept for the others.
+
+A window up to one 30 s chunk goes through the plain decoder. A longer one goes through
 faster-whisper's ``BatchedInferencePipeline``: Silero VAD cuts it into speech chunks of up to
 30 s that are decoded in batches, faster than sequential decoding and immune to its "skipped
 30 s window" failure.
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +28,8 @@ from typing import Any
 import anyio
 import numpy as np
 
-from voxgate.audio import WHISPER_SAMPLE_RATE
+from voxgate.audio import WHISPER_SAMPLE_RATE, MeasuredAudio
+from voxgate.audio_windows import WINDOW_S, Stitcher, Window, Windower
 from voxgate.concurrency import EngineGate, iterate_in_thread, run_in_engine_thread, run_in_thread
 from voxgate.memory import release_memory
 from voxgate.providers.base import Segment, Transcription, TranscriptionJob, Word
@@ -40,9 +46,8 @@ _WINDOW_S = 30.0
 _MAX_SEGMENT_S = 15.0
 _SENTENCE_END = (".", "?", "!", "\u3002", "\uff1f", "\uff01")
 _FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-# After a job on more than this much audio (10 min: 38 MB of samples, and Whisper's features
-# beside them), give the freed heap back to the OS.
-_TRIM_AFTER_SAMPLES = 600 * WHISPER_SAMPLE_RATE
+# After a job on more than this much audio, give the freed heap back to the OS.
+_TRIM_AFTER_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -63,8 +68,10 @@ class WhisperEngine:
         cpu_threads: int = 0,
         beam_size: int = 5,
         batch_size: int = 8,
+        window_s: float = WINDOW_S,
     ) -> None:
         self.gate = gate
+        self._window_s = window_s
         self._beam_size = beam_size
         self._batch_size = batch_size
         self._model = WhisperModel(
@@ -94,51 +101,69 @@ class WhisperEngine:
         then segments. Waiting for the slot and decoding stop when the consumer is cancelled."""
         async with self.gate.slot() as deadline:
             audio = await job.load_audio()
-            samples = len(audio)
             decode = functools.partial(self._decode, job, audio)
-            del audio  # only ``decode`` holds the samples, so they go when it does
             try:
                 async for item in iterate_in_thread(decode, deadline=deadline):
                     yield item
             finally:
-                del decode
-                if samples > _TRIM_AFTER_SAMPLES:
+                if audio.duration_s > _TRIM_AFTER_S:
                     with anyio.CancelScope(shield=True):
                         await run_in_thread(release_memory)
 
-    def _decode(self, job: TranscriptionJob, audio: np.ndarray) -> Iterator[_Started | Segment]:
+    def _decode(self, job: TranscriptionJob, audio: MeasuredAudio) -> Iterator[_Started | Segment]:
+        """Window by window: the first window's language holds for the rest of the file."""
+        stitcher = Stitcher()
+        language = job.language
+        started = False
+        for window in Windower(job.chunking, window_s=self._window_s).windows(audio.pieces()):
+            raw_segments, info = self._transcribe_window(job, window, language)
+            if not started:
+                yield _Started(info, audio.duration_s)
+                started, language = True, language or info.language
+            for segment in raw_segments:
+                yield stitcher.place(segment, window)
+
+    def _transcribe_window(
+        self, job: TranscriptionJob, window: Window, language: str | None
+    ) -> tuple[Iterator[Segment], TranscriptionInfo]:
+        """Start one window's decode; its segments (on the window's own clock) come lazily."""
         # OpenAI's temperature 0 means "start at 0, raise it when decoding fails"; any other
         # value is where that fallback schedule starts.
         start = job.temperature or 0.0
         temperature = (start, *(t for t in _FALLBACK_TEMPERATURES if t > start))
         options: dict[str, Any] = dict(
-            language=job.language,
+            language=language,
             task=job.task,
             beam_size=self._beam_size,
             temperature=temperature,
             initial_prompt=job.prompt or None,
         )
-        duration_s = len(audio) / WHISPER_SAMPLE_RATE
-        if duration_s <= _WINDOW_S:
+        if window.duration_s <= _WINDOW_S:
+            if job.chunking.explicit:  # a client's server_vad filters short audio too
+                options.update(vad_filter=True, vad_parameters=job.chunking.silero())
             raw_segments, info = self._model.transcribe(
-                audio, word_timestamps=job.word_timestamps, **options
+                window.audio, word_timestamps=job.word_timestamps, **options
             )
-            yield _Started(info, duration_s)
-            for index, raw in enumerate(raw_segments):
-                yield _to_segment(index, raw, keep_words=job.word_timestamps)
-            return
-        raw_segments, info = self._batched.transcribe(
-            audio,
+            whole = (
+                _to_segment(index, raw, keep_words=job.word_timestamps)
+                for index, raw in enumerate(raw_segments)
+            )
+            return whole, info
+        chunks, info = self._batched.transcribe(
+            window.audio,
             batch_size=self._batch_size,
             without_timestamps=True,
             word_timestamps=True,
+            vad_parameters=job.chunking.silero(max_speech_s=_WINDOW_S),
             **options,
         )
-        yield _Started(info, duration_s)
+        return self._sentences_of(chunks, keep_words=job.word_timestamps), info
+
+    def _sentences_of(self, chunks: Iterable[FwSegment], *, keep_words: bool) -> Iterator[Segment]:
         index = 0
-        for raw in raw_segments:
+        for raw in chunks:
             for words in _sentences(raw.words or []):
-                yield self._sub_segment(index, raw, words, keep_words=job.word_timestamps)
+                yield self._sub_segment(index, raw, words, keep_words=keep_words)
                 index += 1
 
     def _sub_segment(
@@ -163,8 +188,8 @@ class WhisperEngine:
     async def warm_up(self) -> None:
         """Run one tiny decode so the first real request does not pay for lazy initialisation."""
 
-        async def one_second_of_silence() -> np.ndarray:
-            return np.zeros(WHISPER_SAMPLE_RATE, dtype=np.float32)
+        async def one_second_of_silence() -> MeasuredAudio:
+            return MeasuredAudio.of(np.zeros(WHISPER_SAMPLE_RATE, dtype=np.float32))
 
         job = TranscriptionJob(engine_model="warm-up", load_audio=one_second_of_silence)
         transcription = await self.transcribe(job)
