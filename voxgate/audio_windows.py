@@ -127,6 +127,20 @@ class Windower:
         return start + _quietest_frame(region)
 
 
+def speech_chunks(
+    audio: np.ndarray, vad: VadOptions, *, max_speech_s: float
+) -> list[tuple[float, float]]:
+    """The utterances VAD finds in ``audio``, as (start, end) seconds, each ≤ ``max_speech_s``.
+
+    An engine (or a remote upstream) decodes each on its own, as it would short pieces.
+    """
+    found = silero.get_speech_timestamps(audio, vad.silero(max_speech_s=max_speech_s))
+    return [
+        (int(chunk["start"]) / WHISPER_SAMPLE_RATE, int(chunk["end"]) / WHISPER_SAMPLE_RATE)
+        for chunk in found
+    ]
+
+
 def _quietest_frame(region: np.ndarray) -> int:
     """The start of the lowest-energy short frame: the least harmful place for a hard cut."""
     frame = int(_QUIET_FRAME_S * WHISPER_SAMPLE_RATE)

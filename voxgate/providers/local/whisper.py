@@ -29,7 +29,7 @@ import anyio
 import numpy as np
 
 from voxgate.audio import WHISPER_SAMPLE_RATE, MeasuredAudio
-from voxgate.audio_windows import WINDOW_S, Stitcher, Window, Windower
+from voxgate.audio_windows import WINDOW_S, Stitcher, Window, Windower, speech_chunks
 from voxgate.concurrency import EngineGate, iterate_in_thread, run_in_engine_thread, run_in_thread
 from voxgate.memory import release_memory
 from voxgate.providers.base import Segment, Transcription, TranscriptionJob, Word
@@ -45,6 +45,8 @@ from faster_whisper.transcribe import Word as FwWord
 _WINDOW_S = 30.0
 _MAX_SEGMENT_S = 15.0
 _SENTENCE_END = (".", "?", "!", "\u3002", "\uff1f", "\uff01")
+# The language reported when no window holds speech (and the client named none).
+_NO_SPEECH_LANGUAGE = "en"
 _FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 # After a job on more than this much audio, give the freed heap back to the OS.
 _TRIM_AFTER_S = 600.0
@@ -54,7 +56,8 @@ _TRIM_AFTER_S = 600.0
 class _Started:
     """The first item of a job: Whisper's detected language and the decoded duration."""
 
-    info: TranscriptionInfo
+    language: str
+    language_probability: float
     duration_s: float
 
 
@@ -88,10 +91,10 @@ class WhisperEngine:
         stream = self._run(job)
         started = await anext(stream)
         assert isinstance(started, _Started)
-        language = job.language or started.info.language
+        language = job.language or started.language
         return Transcription(
             language=language,
-            language_probability=started.info.language_probability,
+            language_probability=started.language_probability,
             duration_s=started.duration_s,
             segments=stream,  # type: ignore[arg-type]  # only segments remain
         )
@@ -111,22 +114,28 @@ class WhisperEngine:
                         await run_in_thread(release_memory)
 
     def _decode(self, job: TranscriptionJob, audio: MeasuredAudio) -> Iterator[_Started | Segment]:
-        """Window by window: the first window's language holds for the rest of the file."""
+        """Window by window: the first window with speech sets the language for the rest."""
         stitcher = Stitcher()
         language = job.language
         started = False
         for window in Windower(job.chunking, window_s=self._window_s).windows(audio.pieces()):
-            raw_segments, info = self._transcribe_window(job, window, language)
+            decoded = self._transcribe_window(job, window, language)
+            if decoded is None:
+                continue  # no speech in this window
+            raw_segments, info = decoded
             if not started:
-                yield _Started(info, audio.duration_s)
+                yield _Started(info.language, info.language_probability, audio.duration_s)
                 started, language = True, language or info.language
             for segment in raw_segments:
                 yield stitcher.place(segment, window)
+        if not started:  # no speech anywhere: nothing to detect a language from
+            yield _Started(language or _NO_SPEECH_LANGUAGE, 0.0, audio.duration_s)
 
     def _transcribe_window(
         self, job: TranscriptionJob, window: Window, language: str | None
-    ) -> tuple[Iterator[Segment], TranscriptionInfo]:
-        """Start one window's decode; its segments (on the window's own clock) come lazily."""
+    ) -> tuple[Iterator[Segment], TranscriptionInfo] | None:
+        """Start one window's decode; its segments (on the window's own clock) come lazily.
+        None for a window over 30 s in which VAD finds no speech."""
         # OpenAI's temperature 0 means "start at 0, raise it when decoding fails"; any other
         # value is where that fallback schedule starts.
         start = job.temperature or 0.0
@@ -149,12 +158,17 @@ class WhisperEngine:
                 for index, raw in enumerate(raw_segments)
             )
             return whole, info
+        # Each utterance is decoded on its own, as short pieces are: merged into 30 s chunks
+        # (faster-whisper's default), Whisper base dropped whole sentences of the later ones.
+        speech = speech_chunks(window.audio, job.chunking, max_speech_s=_WINDOW_S)
+        if not speech:
+            return None
         chunks, info = self._batched.transcribe(
             window.audio,
             batch_size=self._batch_size,
             without_timestamps=True,
             word_timestamps=True,
-            vad_parameters=job.chunking.silero(max_speech_s=_WINDOW_S),
+            clip_timestamps=[{"start": start, "end": end} for start, end in speech],
             **options,
         )
         return self._sentences_of(chunks, keep_words=job.word_timestamps), info
