@@ -103,8 +103,8 @@ class Settings(BaseSettings):
     max_audio_seconds: float = Field(default=14_400.0, gt=0)
     """Longest audio accepted for transcription and translation, in seconds (default 4 h).
     Enforced while decoding, since a small upload can hold hours (1 h of silence is 656 KB of
-    FLAC): decoding stops at the first frame past it with 400 `audio_too_long`. Decoded audio
-    takes 64 KB per second (4 h: 0.9 GB) while its job runs."""
+    FLAC): decoding stops at the first frame past it with 400 `audio_too_long`. Memory does not
+    grow with it: audio is held one window (``whisper_window_s``) at a time."""
 
     whisper_compute_type: Literal["int8", "int8_float32", "float32"] = "int8"
     """CTranslate2 compute type for Whisper. int8 halves memory at equal accuracy here."""
