@@ -21,8 +21,9 @@ import pytest
 from conftest import Server, StartServer, assert_error_envelope, audio_path, sse_events
 from test_transcriptions import normalise, wer
 
-from voxgate.audio import pcm_pieces
+from voxgate.audio import AudioMeter, pcm_pieces
 from voxgate.audio_windows import AUTO, Stitcher, Window, Windower
+from voxgate.errors import AudioTooLong, InvalidAudio
 from voxgate.providers.base import Segment, Word
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -242,3 +243,33 @@ def test_the_stitcher_moves_ids_times_seek_and_words_by_the_window() -> None:
     assert (first.words[0].start, first.words[0].end) == (121.0, 121.5)
     # Ids run on; a time past the window's audio is clamped to its end.
     assert (second.id, second.seek, second.start, second.end) == (1, 12500, 125.0, 150.0)
+
+
+@pytest.mark.parametrize(
+    "clip",
+    [
+        "en-jfk.flac",
+        "en-fleurs-000.ogg",
+        "en-librivox-shakespeare-sonnet001.mp3",
+        "en-ami-ES2011a-headset0-40s-46s.wav",
+    ],
+)
+def test_the_meter_reads_packet_durations_as_long_as_the_decoded_audio(clip: str) -> None:
+    with audio_path(clip).open("rb") as source:
+        meter = AudioMeter(source, max_s=3600)
+        for _ in meter.run():
+            pass
+        decoded = sum(len(piece) for piece in pcm_pieces(source, max_s=3600)) / 16000
+    assert meter.measured_s == pytest.approx(decoded, abs=0.1)
+
+
+def test_the_meter_refuses_past_the_cap_and_decoding_stops_past_the_measure() -> None:
+    with audio_path("en-librivox-shakespeare-sonnet001.mp3").open("rb") as source:
+        with pytest.raises(AudioTooLong):
+            for _ in AudioMeter(source, max_s=30).run():
+                pass
+        # A file that decodes to more than its packets stated is refused, not transcribed on.
+        with pytest.raises(InvalidAudio) as refused:
+            for _ in pcm_pieces(source, max_s=3600, measured_s=20.0):
+                pass
+    assert refused.value.param == "file" and "more audio" in str(refused.value)

@@ -16,8 +16,8 @@ from contextlib import aclosing
 from typing import BinaryIO, cast
 
 from voxgate.audio import (
+    AudioMeter,
     MeasuredAudio,
-    WhisperDecoder,
     audio_too_long,
     pcm_pieces,
     probe_duration,
@@ -61,7 +61,9 @@ async def start_transcription(
     async def load_audio() -> MeasuredAudio:
         duration_s = await _measure(source, ticket, max_s=max_s, allowance_s=allowance_s)
         await ticket.reserve(audio_seconds=duration_s)
-        return MeasuredAudio(duration_s, lambda: pcm_pieces(source, max_s=max_s))
+        return MeasuredAudio(
+            duration_s, lambda: pcm_pieces(source, max_s=max_s, measured_s=duration_s)
+        )
 
     job = TranscriptionJob(
         engine_model=entry.model.id,
@@ -79,16 +81,16 @@ async def start_transcription(
 async def _measure(
     source: BinaryIO, ticket: Ticket, *, max_s: float, allowance_s: float | None
 ) -> float:
-    """Decode in a worker thread, counting the seconds and keeping nothing; refuse (429) as
-    soon as the audio passes what the key could afford, re-checked then in case the budget or
-    bucket has room again."""
-    decoder = WhisperDecoder(source, max_s=max_s, keep=False)
-    progress = cast(AsyncGenerator[float, None], iterate_in_thread(decoder.run))
+    """Measure in a worker thread (packets' durations; decoding only when they are missing);
+    refuse (429) as soon as the audio passes what the key could afford, re-checked then in
+    case the budget or bucket has room again."""
+    meter = AudioMeter(source, max_s=max_s)
+    progress = cast(AsyncGenerator[float, None], iterate_in_thread(meter.run))
     async with aclosing(progress):
         async for decoded_s in progress:
             if allowance_s is not None and decoded_s > allowance_s:
                 allowance_s = await ticket.audio_allowance(decoded_s)
-    return decoder.decoded_s
+    return meter.measured_s
 
 
 def _check_language(entry: CatalogEntry, language: str) -> str:
