@@ -168,7 +168,7 @@ class WhisperEngine:
             batch_size=self._batch_size,
             without_timestamps=True,
             word_timestamps=True,
-            clip_timestamps=[{"start": start, "end": end} for start, end in speech],
+            clip_timestamps=[{"start": begin, "end": end} for begin, end in speech],
             **options,
         )
         return self._sentences_of(chunks, keep_words=job.word_timestamps), info
