@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 from harness import REPO, Server, load_average, log, running_server, server_env
-from long_audio import AUDIO_DIR, LongFile, build
+from long_audio import AUDIO_DIR, LongFile, Placed, build
 
 sys.path.insert(0, str(REPO / "tests"))
 from test_transcriptions import normalise, wer
@@ -58,10 +58,10 @@ class RssSampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.interval_s = pid, interval_s
         self.peak_mb = 0.0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 self.peak_mb = max(self.peak_mb, rss_mb(self.pid))
             except (OSError, RuntimeError):
@@ -69,7 +69,7 @@ class RssSampler(threading.Thread):
             time.sleep(self.interval_s)
 
     def stop(self) -> float:
-        self._stop.set()
+        self._halt.set()
         self.join()
         return self.peak_mb
 
@@ -223,6 +223,15 @@ def quality(server: Server, long_file: LongFile) -> dict[str, Any]:
     }
 
 
+def cached(directory: Path, minutes: float) -> LongFile | None:
+    path = directory / f"long-{minutes:g}.ogg"
+    if not path.with_suffix(".json").exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        return None
+    saved = json.loads(path.with_suffix(".json").read_text())
+    return LongFile(path, saved["duration_s"], [Placed(**p) for p in saved["placed"]])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--minutes", type=float, default=60.0)
@@ -230,13 +239,22 @@ def main() -> None:
     parser.add_argument("--code", action="append", help="checkout to run the server from")
     parser.add_argument("--quality-minutes", type=float, default=0.0)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--cache", type=Path, help="keep the built hour here between runs")
     args = parser.parse_args()
     codes = [Path(c).resolve() for c in args.code or [str(REPO)]]
     results: dict[str, Any] = {"load_average_before": load_average(), "runs": []}
     with tempfile.TemporaryDirectory(prefix="bench-long-") as tmp:
         work = Path(tmp)
-        log(f"building {args.minutes:g} min of speech")
-        long_file = build(work / "long.ogg", args.minutes * 60)
+        long_file = cached(args.cache, args.minutes) if args.cache else None
+        if long_file is None:
+            log(f"building {args.minutes:g} min of speech")
+            long_file = build(
+                (args.cache or work) / f"long-{args.minutes:g}.ogg", args.minutes * 60
+            )
+            if args.cache:
+                long_file.path.with_suffix(".json").write_text(
+                    json.dumps(asdict(long_file), default=str)
+                )
         log(f"  {long_file.duration_s:.0f} s, {long_file.path.stat().st_size / 1e6:.1f} MB")
         for code in codes:
             env = server_env(
