@@ -7,10 +7,19 @@ this module.
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+)
 
 from voxgate.audio import SpeechFormat
 
@@ -69,6 +78,40 @@ Keyword = Annotated[Text, Field(min_length=1, max_length=100)]
 (224 tokens, shared with ``prompt``), so the list is bounded."""
 
 
+MAX_VAD_MS = 10_000  # beyond 10 s, padding or a silence that ends a chunk means no chunking
+
+
+class ServerVad(_Wire):
+    """OpenAI's ``chunking_strategy`` object (its defaults; form parts arrive as strings)."""
+
+    type: Literal["server_vad"]
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    prefix_padding_ms: int = Field(default=300, ge=0, le=MAX_VAD_MS)
+    silence_duration_ms: int = Field(default=200, ge=0, le=MAX_VAD_MS)
+
+
+def _json_object(value: Any) -> Any:
+    """``chunking_strategy`` may also come as one part holding the object as JSON."""
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise ValueError('must be "auto" or a JSON object') from None
+    return value
+
+
+def _chunking_branch(value: Any) -> str:
+    return "ServerVad" if isinstance(value, dict | ServerVad) else "Auto"
+
+
+ChunkingStrategy = Annotated[
+    Annotated[Literal["auto"], Tag("Auto")] | Annotated[ServerVad, Tag("ServerVad")],
+    Discriminator(_chunking_branch),
+    BeforeValidator(_json_object),
+]
+"""``"auto"`` or a ``server_vad`` object; each branch reports its own error (no cross-talk)."""
+
+
 class TranscriptionForm(_Wire):
     """The non-file fields of a transcription or translation form, validated."""
 
@@ -80,7 +123,7 @@ class TranscriptionForm(_Wire):
     timestamp_granularities: list[TimestampGranularity] = ["segment"]
     include: list[TranscriptionInclude] = []
     stream: bool = False
-    chunking_strategy: Text | dict[Text, Text] | None = None
+    chunking_strategy: ChunkingStrategy | None = None
     # OpenAI's newer fields: hint words for the decoder, candidate languages for detection, and
     # diarization's speaker labels and samples (refused: there is no diarization engine).
     keywords: list[Keyword] | None = Field(default=None, max_length=MAX_KEYWORDS)

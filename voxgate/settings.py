@@ -118,8 +118,8 @@ class Settings(BaseSettings):
     max_audio_seconds: float = Field(default=14_400.0, gt=0)
     """Longest audio accepted for transcription and translation, in seconds (default 4 h).
     Enforced while decoding, since a small upload can hold hours (1 h of silence is 656 KB of
-    FLAC): decoding stops at the first frame past it with 400 `audio_too_long`. Decoded audio
-    takes 64 KB per second (4 h: 0.9 GB) while its job runs."""
+    FLAC): decoding stops at the first frame past it with 400 `audio_too_long`. Memory does not
+    grow with it: audio is held one window (``whisper_window_s``) at a time."""
 
     whisper_compute_type: Literal["int8", "int8_float32", "float32"] = "int8"
     """CTranslate2 compute type for Whisper. int8 halves memory at equal accuracy here."""
@@ -138,6 +138,10 @@ class Settings(BaseSettings):
     transcript_guards: bool = True
     """Drop text Whisper invents on silence, noise or music and cut repetition loops (see
     README, "Quality guards"); what was done is reported in verbose_json and a header."""
+    whisper_window_s: float = Field(default=120.0, ge=20.0, le=1800.0)
+    """Length of the windows long audio is decoded and transcribed in, in seconds (each cut at
+    a silence in its last quarter, at most 30 s of it). Memory per job is about one window
+    (120 s: 7.7 MB of samples); longer windows give Whisper no more context than its 30 s."""
 
     whisper_batch_size: int = Field(default=4, ge=1)
     """Chunks (up to 30 s each) decoded per batch for audio over 30 s. On 2 cores 4 is as fast

@@ -35,7 +35,8 @@ from voxgate.services.relay import (
     TranscriptionRequest,
     relay_transcription,
 )
-from voxgate.services.transcription import start_transcription
+from voxgate.services.speech import close_quietly
+from voxgate.services.transcription import start_transcription, vad_options
 from voxgate.uploads import SpooledUpload
 
 router = APIRouter()
@@ -82,89 +83,91 @@ async def _handle(
     endpoint: Endpoint,
 ) -> Response:
     form = await read_form(request, max_files=1, max_fields=_MAX_FIELDS)
+    # The upload is decoded again window by window while segments are produced, so the form
+    # (its spooled file) stays open until the response is sent or abandoned; the segments
+    # (the engine slot) are closed first.
+    cleanup.push_async_callback(form.close)
+    upload = form.get("file")
+    fields = _form_fields(form)
+    routed = _routed_entry(services, fields.get("model"))
+    if routed is not None:
+        # Fields this server does not know are passed on to the upstream as sent.
+        fields = {k: v for k, v in fields.items() if k in schemas.TranscriptionForm.model_fields}
     try:
-        upload = form.get("file")
-        fields = _form_fields(form)
-        routed = _routed_entry(services, fields.get("model"))
-        if routed is not None:
-            # Fields this server does not know are passed on to the upstream as sent.
-            fields = {
-                k: v for k, v in fields.items() if k in schemas.TranscriptionForm.model_fields
-            }
-        try:
-            options = schemas.TranscriptionForm.model_validate(fields)
-        except ValidationError as exc:
-            return validation_response(request, exc.errors())
-        if not isinstance(upload, UploadFile):
-            raise InvalidRequest(
-                "Missing required parameter: 'file' (an audio file upload).",
-                param="file",
-                code="missing_required_parameter",
-            )
-        entry = services.catalog.for_endpoint(options.model, endpoint)
-        ticket.authorize(entry)
-        words = "word" in options.timestamp_granularities
-        logprobs = "logprobs" in options.include
-        route_headers: dict[str, str] = {}
-        if entry.model.serve:
-            if any(target.local for target in services.router.chain(entry)):
-                _check_combinations(options)  # what a local fallback could not honour
-            relayed = relay_transcription(
-                services.router,
-                services.catalog,
-                ticket,
-                entry,
-                TranscriptionRequest(
-                    task=task,
-                    path=endpoint.removeprefix("/v1/"),
-                    fields=_raw_fields(form),
-                    options=options,
-                    upload=SpooledUpload(
-                        upload.file,
-                        upload.size or 0,
-                        upload.filename or "audio",
-                        upload.content_type or "application/octet-stream",
-                    ),
-                    max_s=services.settings.max_audio_seconds,
-                    word_timestamps=words or logprobs,
-                ),
-                cleanup,
-            )
-            try:
-                result = await cancel_on_disconnect(request.receive, relayed)
-            except ClientDisconnected:
-                return Response(status_code=499)
-            if isinstance(result, Delivery):
-                return streaming(result)
-            # Fell back to the local engine: rendered as any local transcription.
-            transcription = result.transcription
-            route_headers = {ROUTE_HEADER: result.route.label}
-        else:
-            _check_combinations(options)  # word timestamps imply verbose_json from here on
-            # The body is read: from here a client that leaves is noticed, in the engine's queue
-            # and while its upload is decoded as well as during inference.
-            started = start_transcription(
-                services,
-                ticket,
-                upload.file,
+        options = schemas.TranscriptionForm.model_validate(fields)
+    except ValidationError as exc:
+        return validation_response(request, exc.errors())
+    if not isinstance(upload, UploadFile):
+        raise InvalidRequest(
+            "Missing required parameter: 'file' (an audio file upload).",
+            param="file",
+            code="missing_required_parameter",
+        )
+    entry = services.catalog.for_endpoint(options.model, endpoint)
+    ticket.authorize(entry)
+    words = "word" in options.timestamp_granularities
+    logprobs = "logprobs" in options.include
+    route_headers: dict[str, str] = {}
+    if entry.model.serve:
+        if any(target.local for target in services.router.chain(entry)):
+            _check_combinations(options)  # what a local fallback could not honour
+        relayed = relay_transcription(
+            services.router,
+            services.catalog,
+            ticket,
+            entry,
+            TranscriptionRequest(
                 task=task,
-                language=options.language,
-                prompt=options.prompt,
-                temperature=options.temperature,
+                path=endpoint.removeprefix("/v1/"),
+                fields=_raw_fields(form),
+                options=options,
+                upload=SpooledUpload(
+                    upload.file,
+                    upload.size or 0,
+                    upload.filename or "audio",
+                    upload.content_type or "application/octet-stream",
+                ),
+                max_s=services.settings.max_audio_seconds,
                 word_timestamps=words or logprobs,
-                keywords=tuple(options.keywords or ()),
-                languages=tuple(options.languages or ()),
-                stream=options.stream,
-                segment_times=options.response_format in _TIMED_FORMATS and not options.stream,
-            )
-            try:
-                transcription = await cancel_on_disconnect(request.receive, started)
-            except ClientDisconnected:
-                return Response(status_code=499)
-            ticket.route = f"local:{entry.model.id}"
-            route_headers = {ROUTE_HEADER: ticket.route}
-    finally:
-        await form.close()
+            ),
+            cleanup,
+        )
+        try:
+            result = await cancel_on_disconnect(request.receive, relayed)
+        except ClientDisconnected:
+            return Response(status_code=499)
+        if isinstance(result, Delivery):
+            return streaming(result)
+        # Fell back to the local engine: rendered as any local transcription.
+        transcription = result.transcription
+        cleanup.push_async_callback(close_quietly, transcription.segments)
+        route_headers = {ROUTE_HEADER: result.route.label}
+    else:
+        _check_combinations(options)  # word timestamps imply verbose_json from here on
+        # The body is read: from here a client that leaves is noticed, in the engine's queue
+        # and while its upload is decoded as well as during inference.
+        started = start_transcription(
+            services,
+            ticket,
+            upload.file,
+            task=task,
+            language=options.language,
+            prompt=options.prompt,
+            temperature=options.temperature,
+            word_timestamps=words or logprobs,
+            keywords=tuple(options.keywords or ()),
+            languages=tuple(options.languages or ()),
+            stream=options.stream,
+            segment_times=options.response_format in _TIMED_FORMATS and not options.stream,
+            chunking=vad_options(options.chunking_strategy),
+        )
+        try:
+            transcription = await cancel_on_disconnect(request.receive, started)
+        except ClientDisconnected:
+            return Response(status_code=499)
+        cleanup.push_async_callback(close_quietly, transcription.segments)
+        ticket.route = f"local:{entry.model.id}"
+        route_headers = {ROUTE_HEADER: ticket.route}
     report = guard_transcription(transcription) if services.settings.transcript_guards else None
     if options.stream:
         times = request.headers.get(SEGMENT_TIMES_HEADER, "").lower() in ("1", "true", "on")

@@ -15,6 +15,9 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from voxgate.audio import MeasuredAudio
+from voxgate.audio_windows import AUTO, VadOptions
+
 Task = Literal["transcribe", "translate"]
 
 
@@ -43,17 +46,19 @@ class Segment:
     words: tuple[Word, ...] = ()
 
 
-AudioLoader = Callable[[], Awaitable[np.ndarray]]
+AudioLoader = Callable[[], Awaitable[MeasuredAudio]]
 
 
 @dataclass(frozen=True)
 class TranscriptionJob:
     """What to transcribe and how.
 
-    ``load_audio`` returns the audio as 16 kHz mono float32 (decoding the upload and reserving
-    its cost). A provider awaits it only once it has admitted the job (the local engine: in its
-    engine slot), so decoding runs under the same admission as inference, and a job refused
-    or abandoned in the queue is never decoded and holds no reservation.
+    ``load_audio`` measures the audio (decoding the upload once, keeping nothing, and
+    reserving its cost) and returns it ready to be decoded again piece by piece. A provider
+    awaits it only once it has admitted the job (the local engine: in its engine slot), so
+    decoding runs under the same admission as inference, and a job refused or abandoned in the
+    queue is never decoded and holds no reservation. ``chunking`` is the VAD the audio is
+    windowed and chunked with (``audio_windows``).
     """
 
     engine_model: str
@@ -73,6 +78,7 @@ class TranscriptionJob:
     # The response shows segment times (srt, vtt, verbose_json); plain text needs none, which
     # saves the local engine its word-alignment pass.
     segment_times: bool = True
+    chunking: VadOptions = AUTO
 
 
 @dataclass

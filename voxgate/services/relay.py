@@ -35,10 +35,9 @@ from typing import Any, TypeVar
 
 import anyio
 import httpx
-import numpy as np
 
 from voxgate import schemas
-from voxgate.audio import measure_duration, media_type
+from voxgate.audio import MeasuredAudio, measure_duration, media_type, pcm_pieces
 from voxgate.catalog import Catalog, CatalogEntry
 from voxgate.concurrency import run_in_thread
 from voxgate.errors import InvalidRequest, UpstreamFailed
@@ -55,7 +54,7 @@ from voxgate.services.speech import (
     sse_events,
     whole_clip,
 )
-from voxgate.services.transcription import check_language, decode_upload
+from voxgate.services.transcription import check_language, vad_options
 from voxgate.uploads import SpooledUpload
 
 log = logging.getLogger("voxgate.relay")
@@ -363,14 +362,11 @@ async def _local_transcription(
     options = request.options
     code = check_language(local, options.language) if options.language else None
 
-    async def load_audio() -> np.ndarray:
+    async def load_audio() -> MeasuredAudio:
         # Billed on the measured seconds (already reserved); the decode is for the engine.
-        return await decode_upload(
-            request.upload.reader(),
-            ticket,
-            max_s=request.max_s,
-            stated_s=seconds,
-            allowance_s=None,
+        return MeasuredAudio(
+            seconds,
+            lambda: pcm_pieces(request.upload.reader(), max_s=request.max_s, measured_s=seconds),
         )
 
     job = TranscriptionJob(
@@ -381,5 +377,13 @@ async def _local_transcription(
         prompt=options.prompt,
         temperature=options.temperature,
         word_timestamps=request.word_timestamps,
+        keywords=tuple(options.keywords or ()),
+        languages=tuple(
+            dict.fromkeys(check_language(local, x, "languages") for x in options.languages or ())
+        ),
+        stream=options.stream,
+        segment_times=options.response_format in ("srt", "vtt", "verbose_json")
+        and not options.stream,
+        chunking=vad_options(options.chunking_strategy),
     )
     return LocalTranscription(target, await router.local.transcribe(job))

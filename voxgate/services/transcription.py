@@ -1,10 +1,12 @@
 """Speech to text and translation: check the options and the upload's header, then start the
-provider, which decodes the upload once it has admitted the job.
+provider, which measures the upload once it has admitted the job and then transcribes it window
+by window (``audio_windows``), decoding it again piece by piece.
 
 The order is what keeps a hostile upload cheap: the header is read (no decoding) and a key
 that cannot pay for what it claims is refused at once; decoding then runs in the engine's slot,
 bounded by ``VOXGATE_MAX_AUDIO_SECONDS`` and by what the key can afford, and stops as soon as
-either is passed or the client leaves. The cost is reserved on the decoded duration.
+either is passed or the client leaves. The cost is reserved on the decoded duration. The
+measuring pass keeps no samples, so memory does not grow with the length of the upload.
 """
 
 from __future__ import annotations
@@ -13,21 +15,22 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import BinaryIO, cast
 
-import anyio
-import numpy as np
-
-from voxgate.audio import WHISPER_SAMPLE_RATE, WhisperDecoder, audio_too_long, probe_duration
+from voxgate.audio import (
+    AudioMeter,
+    MeasuredAudio,
+    audio_too_long,
+    pcm_pieces,
+    probe_duration,
+)
+from voxgate.audio_windows import AUTO, VadOptions
 from voxgate.catalog import CatalogEntry
 from voxgate.concurrency import iterate_in_thread, run_in_thread
 from voxgate.errors import InvalidRequest
 from voxgate.languages import language_code
-from voxgate.memory import release_memory
 from voxgate.providers.base import Task, Transcription, TranscriptionJob
+from voxgate.schemas import ServerVad
 from voxgate.services.container import Services
 from voxgate.services.metering import Ticket
-
-# Give the heap back to the OS after decoding more than this (10 min of audio is 38 MB).
-_TRIM_AFTER_S = 600.0
 
 
 async def start_transcription(
@@ -44,6 +47,7 @@ async def start_transcription(
     languages: tuple[str, ...] = (),
     stream: bool = False,
     segment_times: bool = True,
+    chunking: VadOptions = AUTO,
 ) -> Transcription:
     """Transcribe (or translate) ``source`` for ``ticket`` (which has authorized the model).
 
@@ -66,12 +70,12 @@ async def start_transcription(
     if stated_s is not None and stated_s > max_s:
         raise audio_too_long(max_s)
 
-    async def load_audio() -> np.ndarray:
-        audio = await decode_upload(
-            source, ticket, max_s=max_s, stated_s=stated_s, allowance_s=allowance_s
+    async def load_audio() -> MeasuredAudio:
+        duration_s = await _measure(source, ticket, max_s=max_s, allowance_s=allowance_s)
+        await ticket.reserve(audio_seconds=duration_s)
+        return MeasuredAudio(
+            duration_s, lambda: pcm_pieces(source, max_s=max_s, measured_s=duration_s)
         )
-        await ticket.reserve(audio_seconds=len(audio) / WHISPER_SAMPLE_RATE)
-        return audio
 
     job = TranscriptionJob(
         engine_model=entry.model.id,
@@ -85,35 +89,37 @@ async def start_transcription(
         languages=candidates,
         stream=stream,
         segment_times=segment_times,
+        chunking=chunking,
     )
     return await services.router.transcription_provider(entry).transcribe(job)
 
 
-async def decode_upload(
-    source: BinaryIO,
-    ticket: Ticket,
-    *,
-    max_s: float,
-    stated_s: float | None,
-    allowance_s: float | None,
-) -> np.ndarray:
-    """Decode in a worker thread; refuse (429) as soon as the audio passes what the key could
-    afford, re-checked then in case the budget or bucket has room again."""
-    hint_s = min(s for s in (stated_s, allowance_s, max_s) if s is not None)
-    decoder = WhisperDecoder(source, max_s=max_s, size_hint_s=hint_s)
-    decoded_s = 0.0
-    try:
-        progress = cast(AsyncGenerator[float, None], iterate_in_thread(decoder.run))
-        async with aclosing(progress):
-            async for decoded_s in progress:
-                if allowance_s is not None and decoded_s > allowance_s:
-                    allowance_s = await ticket.audio_allowance(decoded_s)
-        return decoder.audio()
-    finally:
-        decoder.discard()
-        if decoded_s > _TRIM_AFTER_S:
-            with anyio.CancelScope(shield=True):
-                await run_in_thread(release_memory)
+async def _measure(
+    source: BinaryIO, ticket: Ticket, *, max_s: float, allowance_s: float | None
+) -> float:
+    """Measure in a worker thread (packets' durations; decoding only when they are missing);
+    refuse (429) as soon as the audio passes what the key could afford, re-checked then in
+    case the budget or bucket has room again."""
+    meter = AudioMeter(source, max_s=max_s)
+    progress = cast(AsyncGenerator[float, None], iterate_in_thread(meter.run))
+    async with aclosing(progress):
+        async for decoded_s in progress:
+            if allowance_s is not None and decoded_s > allowance_s:
+                allowance_s = await ticket.audio_allowance(decoded_s)
+    return meter.measured_s
+
+
+def vad_options(strategy: ServerVad | str | None) -> VadOptions:
+    """OpenAI's ``chunking_strategy`` in Silero's terms. Unset and ``"auto"`` are the server's
+    defaults: long audio is always chunked here (OpenAI's unset means one block)."""
+    if not isinstance(strategy, ServerVad):
+        return AUTO
+    return VadOptions(
+        threshold=strategy.threshold,
+        speech_pad_ms=strategy.prefix_padding_ms,
+        min_silence_duration_ms=strategy.silence_duration_ms,
+        explicit=True,
+    )
 
 
 def check_language(entry: CatalogEntry, language: str, param: str = "language") -> str:

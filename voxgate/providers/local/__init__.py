@@ -82,6 +82,7 @@ class LocalProvider:
                 beam_size=self._settings.whisper_beam_size,
                 batch_size=self._settings.whisper_batch_size,
                 timestamp_tokens=self._settings.whisper_timestamp_tokens,
+                window_s=self._settings.whisper_window_s,
             )
             await whisper.warm_up()
             self._transcribers["faster-whisper"] = whisper

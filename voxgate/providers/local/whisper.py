@@ -1,6 +1,11 @@
 """Speech to text, translation and language detection with faster-whisper (CTranslate2).
 
-Audio up to one 30 s window goes through the plain decoder. Longer audio goes through
+The upload is decoded piece by piece and cut into windows of about two minutes at silences
+(``audio_windows``); each window is transcribed on its own and its segments are stitched onto
+the file's timeline, so memory stays the same for a minute or an hour and text streams window
+by window. The language is detected on the first window and kept for the others.
+
+A window up to one 30 s chunk goes through the plain decoder. A longer one goes through
 faster-whisper's ``BatchedInferencePipeline``: Silero VAD cuts it into speech chunks of up to
 30 s that are decoded in batches, faster than sequential decoding and immune to its "skipped
 30 s window" failure.
@@ -8,9 +13,9 @@ faster-whisper's ``BatchedInferencePipeline``: Silero VAD cuts it into speech ch
 Both paths decode *without* timestamp tokens. In the batched pipeline, with them, Whisper base
 dropped whole phrases at chunk ends (WER 0.118 against 0.039 on the 222 s LJ Speech clip); on
 short clips, without them it makes fewer errors (the development set's 19 short English clips:
-16 word errors against 19, see docs/benchmarks.md). Segments are then whole windows, so when
+16 word errors against 19, see docs/benchmarks.md). Segments are then whole chunks, so when
 the response needs times (srt, vtt, verbose_json, streaming) we take word timestamps and cut
-each window into sentence-sized segments, as a subtitle or a verbose_json reader expects.
+each chunk into sentence-sized segments, as a subtitle or a verbose_json reader expects.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import anyio
 import numpy as np
 
 from voxgate import metrics
-from voxgate.audio import WHISPER_SAMPLE_RATE
+from voxgate.audio import WHISPER_SAMPLE_RATE, MeasuredAudio
+from voxgate.audio_windows import WINDOW_S, Stitcher, Window, Windower, speech_chunks
 from voxgate.concurrency import EngineGate, iterate_in_thread, run_in_engine_thread, run_in_thread
 from voxgate.memory import release_memory
 from voxgate.providers.base import Segment, Transcription, TranscriptionJob, Word
@@ -43,17 +49,19 @@ from faster_whisper.transcribe import Word as FwWord
 _WINDOW_S = 30.0
 _MAX_SEGMENT_S = 15.0
 _SENTENCE_END = (".", "?", "!", "\u3002", "\uff1f", "\uff01")
+# The language reported when no window holds speech (and the client named none).
+_NO_SPEECH_LANGUAGE = "en"
 _FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-# After a job on more than this much audio (10 min: 38 MB of samples, and Whisper's features
-# beside them), give the freed heap back to the OS.
-_TRIM_AFTER_SAMPLES = 600 * WHISPER_SAMPLE_RATE
+# After a job on more than this much audio, give the freed heap back to the OS.
+_TRIM_AFTER_S = 600.0
 
 
 @dataclass(frozen=True)
 class _Started:
     """The first item of a job: Whisper's detected language and the decoded duration."""
 
-    info: TranscriptionInfo
+    language: str
+    language_probability: float
     duration_s: float
 
 
@@ -67,9 +75,11 @@ class WhisperEngine:
         cpu_threads: int = 0,
         beam_size: int = 5,
         batch_size: int = 8,
+        window_s: float = WINDOW_S,
         timestamp_tokens: bool = False,
     ) -> None:
         self.gate = gate
+        self._window_s = window_s
         self._beam_size = beam_size
         self._batch_size = batch_size
         self._timestamp_tokens = timestamp_tokens
@@ -87,10 +97,10 @@ class WhisperEngine:
         stream = self._run(job)
         started = await anext(stream)
         assert isinstance(started, _Started)
-        language = job.language or started.info.language
+        language = job.language or started.language
         return Transcription(
             language=language,
-            language_probability=started.info.language_probability,
+            language_probability=started.language_probability,
             duration_s=started.duration_s,
             segments=stream,  # type: ignore[arg-type]  # only segments remain
         )
@@ -100,72 +110,96 @@ class WhisperEngine:
         then segments. Waiting for the slot and decoding stop when the consumer is cancelled."""
         async with self.gate.slot() as deadline:
             audio = await job.load_audio()
-            samples = len(audio)
             decode = functools.partial(self._decode, job, audio)
-            del audio  # only ``decode`` holds the samples, so they go when it does
             began = time.monotonic()
             try:
                 async for item in iterate_in_thread(decode, deadline=deadline):
                     yield item
                 if job.engine_model != _WARM_UP:
                     metrics.observe_realtime_factor(
-                        job.engine_model, time.monotonic() - began, samples / WHISPER_SAMPLE_RATE
+                        job.engine_model, time.monotonic() - began, audio.duration_s
                     )
             finally:
-                del decode
-                if samples > _TRIM_AFTER_SAMPLES:
+                if audio.duration_s > _TRIM_AFTER_S:
                     with anyio.CancelScope(shield=True):
                         await run_in_thread(release_memory)
 
-    def _decode(self, job: TranscriptionJob, audio: np.ndarray) -> Iterator[_Started | Segment]:
+    def _decode(self, job: TranscriptionJob, audio: MeasuredAudio) -> Iterator[_Started | Segment]:
+        """Window by window: the first window with speech sets the language for the rest."""
+        stitcher = Stitcher()
+        language = job.language
+        started = False
+        for window in Windower(job.chunking, window_s=self._window_s).windows(audio.pieces()):
+            decoded = self._transcribe_window(job, window, language)
+            if decoded is None:
+                continue  # no speech in this window
+            raw_segments, info = decoded
+            if not started:
+                yield _Started(info.language, info.language_probability, audio.duration_s)
+                started, language = True, language or info.language
+            for segment in raw_segments:
+                yield stitcher.place(segment, window)
+        if not started:  # no speech anywhere: nothing to detect a language from
+            yield _Started(language or _NO_SPEECH_LANGUAGE, 0.0, audio.duration_s)
+
+    def _transcribe_window(
+        self, job: TranscriptionJob, window: Window, language: str | None
+    ) -> tuple[Iterator[Segment], TranscriptionInfo] | None:
+        """Start one window's decode; its segments (on the window's own clock) come lazily.
+        None for a window over 30 s in which VAD finds no speech."""
         # OpenAI's temperature 0 means "start at 0, raise it when decoding fails"; any other
         # value is where that fallback schedule starts.
         start = job.temperature or 0.0
         temperature = (start, *(t for t in _FALLBACK_TEMPERATURES if t > start))
         options: dict[str, Any] = dict(
-            language=job.language or self._pick_language(audio, job.languages),
+            language=language or self._pick_language(window.audio, job.languages),
             task=job.task,
             beam_size=self._beam_size,
             temperature=temperature,
             initial_prompt=job.prompt or None,
             hotwords=" ".join(job.keywords) or None,
         )
-        duration_s = len(audio) / WHISPER_SAMPLE_RATE
-        if duration_s <= _WINDOW_S and self._timestamp_tokens:
-            raw_segments, info = self._model.transcribe(
-                audio, word_timestamps=job.word_timestamps, **options
-            )
-            yield _Started(info, duration_s)
-            for index, raw in enumerate(raw_segments):
-                yield _to_segment(index, raw, keep_words=job.word_timestamps)
-            return
-        if duration_s <= _WINDOW_S:
+        if window.duration_s <= _WINDOW_S:
+            if job.chunking.explicit:  # a client's server_vad filters short audio too
+                options.update(vad_filter=True, vad_parameters=job.chunking.silero())
+            if self._timestamp_tokens:
+                raw_segments, info = self._model.transcribe(
+                    window.audio, word_timestamps=job.word_timestamps, **options
+                )
+                whole = (
+                    _to_segment(index, raw, keep_words=job.word_timestamps)
+                    for index, raw in enumerate(raw_segments)
+                )
+                return whole, info
             # Text alone is more accurate without timestamp tokens (see the module docstring);
             # times, when the response has them, come from word alignment, as for long audio.
             timed = job.word_timestamps or job.segment_times
             raw_segments, info = self._model.transcribe(
-                audio, without_timestamps=True, word_timestamps=timed, **options
+                window.audio, without_timestamps=True, word_timestamps=timed, **options
             )
-            yield _Started(info, duration_s)
-            yield from self._split(raw_segments, timed=timed, keep_words=job.word_timestamps)
-            return
-        raw_segments, info = self._batched.transcribe(
-            audio,
-            # A batch's segments come out together: a streamed job's first text would wait
-            # for ``batch_size`` windows (a 53 s clip: all of it), so it goes one at a time.
+            return self._split(raw_segments, timed=timed, keep_words=job.word_timestamps), info
+        # Each utterance is decoded on its own, as short pieces are: merged into 30 s chunks
+        # (faster-whisper's default), Whisper base dropped whole sentences of the later ones.
+        speech = speech_chunks(window.audio, job.chunking, max_speech_s=_WINDOW_S)
+        if not speech:
+            return None
+        chunks, info = self._batched.transcribe(
+            window.audio,
+            # A batch's segments come out together: a streamed job's first text would wait for
+            # ``batch_size`` chunks, so it goes one at a time.
             batch_size=1 if job.stream else self._batch_size,
             without_timestamps=True,
             word_timestamps=True,
+            clip_timestamps=[{"start": begin, "end": end} for begin, end in speech],
             **options,
         )
-        yield _Started(info, duration_s)
-        yield from self._split(raw_segments, timed=True, keep_words=job.word_timestamps)
+        return self._split(chunks, timed=True, keep_words=job.word_timestamps), info
 
     def _split(
         self, raw_segments: Iterable[FwSegment], *, timed: bool, keep_words: bool
     ) -> Iterator[Segment]:
         """Segments decoded without timestamp tokens, cut into sentences by their word times
-        (``timed``), or as they are: one per window, spanning it."""
+        (``timed``), or as they are: one per chunk, spanning it."""
         index = 0
         for raw in raw_segments:
             if not timed:
@@ -208,8 +242,8 @@ class WhisperEngine:
     async def warm_up(self) -> None:
         """Run one tiny decode so the first real request does not pay for lazy initialisation."""
 
-        async def one_second_of_silence() -> np.ndarray:
-            return np.zeros(WHISPER_SAMPLE_RATE, dtype=np.float32)
+        async def one_second_of_silence() -> MeasuredAudio:
+            return MeasuredAudio.of(np.zeros(WHISPER_SAMPLE_RATE, dtype=np.float32))
 
         job = TranscriptionJob(engine_model=_WARM_UP, load_audio=one_second_of_silence)
         transcription = await self.transcribe(job)
