@@ -130,7 +130,9 @@ class WhisperEngine:
         language = job.language
         started = False
         for window in Windower(job.chunking, window_s=self._window_s).windows(audio.pieces()):
-            decoded = self._transcribe_window(job, window, language)
+            decoded = self._transcribe_window(
+                job, window, language, whole_file=audio.duration_s <= _WINDOW_S
+            )
             if decoded is None:
                 continue  # no speech in this window
             raw_segments, info = decoded
@@ -143,7 +145,7 @@ class WhisperEngine:
             yield _Started(language or _NO_SPEECH_LANGUAGE, 0.0, audio.duration_s)
 
     def _transcribe_window(
-        self, job: TranscriptionJob, window: Window, language: str | None
+        self, job: TranscriptionJob, window: Window, language: str | None, *, whole_file: bool
     ) -> tuple[Iterator[Segment], TranscriptionInfo] | None:
         """Start one window's decode; its segments (on the window's own clock) come lazily.
         None for a window over 30 s in which VAD finds no speech."""
@@ -162,7 +164,9 @@ class WhisperEngine:
         if window.duration_s <= _WINDOW_S:
             if job.chunking.explicit:  # a client's server_vad filters short audio too
                 options.update(vad_filter=True, vad_parameters=job.chunking.silero())
-            if self._timestamp_tokens:
+            # A short window of a long file keeps the timestamp tokens: without them, Whisper base
+            # returned nothing for whole windows cut out of longer audio (tests/test_long_audio.py).
+            if self._timestamp_tokens or not whole_file:
                 raw_segments, info = self._model.transcribe(
                     window.audio, word_timestamps=job.word_timestamps, **options
                 )
