@@ -43,9 +43,10 @@ async def create_speech(
     ticket: TicketDep,
     cleanup: CleanupDep,
 ) -> Response:
-    entry = services.catalog.for_endpoint(body.model, "/v1/audio/speech")
-    ticket.authorize(entry)
     voice = body.voice if isinstance(body.voice, str) else body.voice.id
+    # An alias such as tts-1 picks its model by voice (catalog `voices_from`): nova → hibari.
+    entry = services.catalog.for_endpoint(body.model, "/v1/audio/speech").for_voice(voice)
+    ticket.authorize(entry)
     chunks = start_speech(services, entry, text=body.input, voice=voice, speed=body.speed)
     cleanup.push_async_callback(close_quietly, chunks)
     await ticket.reserve(characters=len(body.input))
