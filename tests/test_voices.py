@@ -7,7 +7,12 @@ answered (``x-voxgate-model``), how high the voice is (median pitch), and what W
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,6 +24,7 @@ from conftest import Server, assert_error_envelope
 from test_transcriptions import normalise
 
 from voxgate.catalog import OPENAI_VOICES, Catalog
+from voxgate.concurrency import ENGINE_NICENESS, SPEECH_NICENESS, iterate_in_thread
 from voxgate.errors import InvalidRequest
 
 FEMALE = {"coral", "marin", "nova", "sage", "shimmer"}
@@ -148,6 +154,42 @@ def test_unknown_voice_names_every_voice_of_the_alias(server: Server) -> None:
     error = assert_error_envelope(response, 400, param="voice")
     assert error["code"] == "unsupported_value"
     assert "joe, heart" in error["message"]
+
+
+# --- engines sharing the cores ----------------------------------------------------------------
+
+
+def thread_niceness(pid: int) -> dict[int, int]:
+    """Nice value -> how many of the process's threads run at it (from /proc/<pid>/task)."""
+    counts: dict[int, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that just ended
+            nice = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+            counts[nice] = counts.get(nice, 0) + 1
+    return counts
+
+
+def test_speech_engines_outrank_whisper(server: Server) -> None:
+    """The event loop at 0, the speech engines' pools at 5, Whisper's at 10 (concurrency.py).
+
+    Piper's onnxruntime pool is created when it loads, CTranslate2's OpenMP pool on Whisper's
+    warm-up; both inherit the nice value of the thread that made them.
+    """
+    speak(server, "tts-1", "alloy", "Hello there.")
+    counts = thread_niceness(server.process.pid)
+    assert counts.get(0, 0) >= 1 and counts.get(SPEECH_NICENESS, 0) >= 1, counts
+    assert counts.get(ENGINE_NICENESS, 0) >= 2, counts  # CTranslate2's worker and OpenMP
+
+
+def test_iterate_in_thread_runs_at_the_given_niceness() -> None:
+    def niceness() -> Iterator[int]:
+        yield os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        speech = [n async for n in iterate_in_thread(niceness, niceness=SPEECH_NICENESS)]
+        return speech, [n async for n in iterate_in_thread(niceness)]
+
+    assert asyncio.run(scenario()) == ([SPEECH_NICENESS], [ENGINE_NICENESS])
 
 
 # --- the catalog's voice mapping, in-process ------------------------------------------------

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, Iterator
 import espeakng_loader
 import numpy as np
 
-from voxgate.concurrency import EngineGate, iterate_in_thread, run_in_thread
+from voxgate.concurrency import SPEECH_NICENESS, EngineGate, iterate_in_thread, run_in_thread
 from voxgate.errors import EngineFailed
 from voxgate.providers.base import PcmChunk, SpeechJob
 from voxgate.text import split_for_synthesis
@@ -82,7 +82,9 @@ class EspeakEngine:
 
     async def synthesize(self, job: SpeechJob) -> AsyncGenerator[PcmChunk, None]:
         async with self.gate.slot() as deadline:
-            async for chunk in iterate_in_thread(lambda: self._synthesize(job), deadline=deadline):
+            async for chunk in iterate_in_thread(
+                lambda: self._synthesize(job), deadline=deadline, niceness=SPEECH_NICENESS
+            ):
                 yield chunk
 
     def _synthesize(self, job: SpeechJob) -> Iterator[PcmChunk]:

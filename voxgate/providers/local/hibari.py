@@ -14,7 +14,12 @@ import numpy as np
 from hibari import Hibari
 from hibari.voices import VOICES
 
-from voxgate.concurrency import EngineGate, iterate_in_thread, run_in_engine_thread
+from voxgate.concurrency import (
+    SPEECH_NICENESS,
+    EngineGate,
+    iterate_in_thread,
+    run_in_engine_thread,
+)
 from voxgate.errors import EngineFailed
 from voxgate.providers.base import PcmChunk, SpeechJob
 from voxgate.text import split_for_synthesis
@@ -40,7 +45,9 @@ class HibariEngine:
 
     async def synthesize(self, job: SpeechJob) -> AsyncGenerator[PcmChunk, None]:
         async with self.gate.slot() as deadline:
-            async for chunk in iterate_in_thread(lambda: self._synthesize(job), deadline=deadline):
+            async for chunk in iterate_in_thread(
+                lambda: self._synthesize(job), deadline=deadline, niceness=SPEECH_NICENESS
+            ):
                 yield chunk
 
     def _synthesize(self, job: SpeechJob) -> Iterator[PcmChunk]:
@@ -60,4 +67,4 @@ def _to_int16(audio: np.ndarray) -> np.ndarray:
 
 async def load_hibari(gate: EngineGate) -> HibariEngine:
     # onnxruntime's session is created here and inherits the loading thread's priority.
-    return await run_in_engine_thread(lambda: HibariEngine(gate))
+    return await run_in_engine_thread(lambda: HibariEngine(gate), niceness=SPEECH_NICENESS)

