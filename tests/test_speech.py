@@ -160,7 +160,7 @@ def test_long_input_streams(server: Server) -> None:
 
 
 def test_openai_voice_names(sdk: openai.OpenAI) -> None:
-    """Every OpenAI voice name is accepted by tts-1 (all map to joe)."""
+    """Every OpenAI voice name is accepted by tts-1 (test_voices: which voice each picks)."""
     for voice in OPENAI_VOICES:
         response = sdk.audio.speech.create(
             model="tts-1",

@@ -38,7 +38,8 @@ ENDPOINT_FEATURES: dict[Endpoint, Feature] = {
     SPEECH: "text-to-speech",
 }
 
-#: OpenAI's built-in voice names; every text-to-speech model answers them with its default voice.
+#: OpenAI's built-in voice names. A voice may claim some (its ``openai`` list); a text-to-speech
+#: model answers the rest with its default voice.
 OPENAI_VOICES = (
     "alloy", "ash", "ballad", "coral", "echo", "fable", "onyx",
     "nova", "sage", "shimmer", "verse", "marin", "cedar",
@@ -61,6 +62,16 @@ class Pricing(_Strict):
 class Voice(_Strict):
     id: str
     name: str
+    #: OpenAI voice names this voice stands for: an alias whose ``voices_from`` includes the
+    #: voice's model sends requests for these names here (catalog.toml's one voice mapping).
+    openai: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _check_openai(self) -> Voice:
+        unknown = sorted(set(self.openai) - set(OPENAI_VOICES))
+        if unknown:
+            raise ValueError(f"voice {self.id}: not OpenAI voice names: {', '.join(unknown)}")
+        return self
 
 
 class ModelSpec(_Strict):
@@ -85,6 +96,13 @@ class ModelSpec(_Strict):
                 raise ValueError(f"{self.id}: a speech model needs voices and a default_voice")
         return self
 
+    def voice_for(self, wanted: str) -> Voice | None:
+        """The voice with this id, else the one claiming this OpenAI name (``wanted``: lower)."""
+        for voice in self.voices:
+            if voice.id.lower() == wanted:
+                return voice
+        return next((voice for voice in self.voices if wanted in voice.openai), None)
+
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:
         return tuple(ep for ep, feature in ENDPOINT_FEATURES.items() if feature in self.features)
@@ -99,6 +117,10 @@ class AliasSpec(_Strict):
     target: str
     name: str | None = None
     pricing: Pricing | None = None
+    #: Speech models whose voices this alias also speaks with: a request naming one of their
+    #: voices (by id, or an OpenAI name a voice claims) is served by that model; any other
+    #: OpenAI voice name goes to ``target``. So tts-1 + "nova" is hibari, tts-1 + "alloy" Piper.
+    voices_from: tuple[str, ...] = ()
 
 
 class _CatalogFile(_Strict):
@@ -114,10 +136,33 @@ class CatalogEntry:
     model: ModelSpec
     pricing: Pricing
     alias_of: str | None = None
+    speakers: tuple[ModelSpec, ...] = ()  # an alias's ``voices_from`` models
 
     @property
     def name(self) -> str:
-        return self.model.name if self.alias_of is None else f"{self.id} → {self.model.name}"
+        if self.alias_of is None:
+            return self.model.name
+        return " / ".join([f"{self.id} → {self.model.name}", *(m.name for m in self.speakers)])
+
+    @property
+    def voices(self) -> tuple[Voice, ...]:
+        """Every voice a request for this id may name (an alias's ``voices_from`` too)."""
+        return tuple(voice for model in (self.model, *self.speakers) for voice in model.voices)
+
+    def for_voice(self, voice: str) -> CatalogEntry:
+        """This entry resolved to the model that speaks ``voice`` (itself without voices_from).
+
+        Raises InvalidRequest (param ``voice``) for a voice none of its models has.
+        """
+        if not self.speakers:
+            return self
+        wanted = voice.strip().lower()
+        for model in (self.model, *self.speakers):
+            if model.voice_for(wanted) is not None:
+                return CatalogEntry(self.id, model, self.pricing, alias_of=model.id)
+        if wanted in OPENAI_VOICES:
+            return CatalogEntry(self.id, self.model, self.pricing, alias_of=self.alias_of)
+        raise self._unknown_voice(voice)
 
     def require(self, endpoint: Endpoint) -> None:
         """Raise UnsupportedModel unless this model serves ``endpoint``."""
@@ -134,14 +179,18 @@ class CatalogEntry:
         if model.serve and not model.voices:
             return voice  # a routed model passes the voice on; each target resolves it
         wanted = voice.strip().lower()
-        for candidate in model.voices:
-            if candidate.id.lower() == wanted:
-                return candidate.id
+        found = model.voice_for(wanted)
+        if found is not None:
+            return found.id
         if wanted in OPENAI_VOICES and model.default_voice:
             return model.default_voice
-        sample = ", ".join(v.id for v in model.voices[:12])
-        more = ", …" if len(model.voices) > 12 else ""
-        raise InvalidRequest(
+        raise self._unknown_voice(voice)
+
+    def _unknown_voice(self, voice: str) -> InvalidRequest:
+        voices = self.voices
+        sample = ", ".join(v.id for v in voices[:12])
+        more = ", …" if len(voices) > 12 else ""
+        return InvalidRequest(
             f"Voice '{voice}' is not available for model '{self.id}'. Use one of OpenAI's voice "
             f"names or one of this model's voices: {sample}{more} (see GET /api/models).",
             param="voice",
@@ -172,6 +221,7 @@ class Catalog:
                     model=target,
                     pricing=alias.pricing or target.pricing,
                     alias_of=target.id,
+                    speakers=_speakers(alias, target, models),
                 )
             )
         return catalog
@@ -208,3 +258,28 @@ class Catalog:
     def models(self) -> list[ModelSpec]:
         """The distinct models behind all ids, in catalog order."""
         return [entry.model for entry in self if entry.alias_of is None]
+
+
+def _speakers(
+    alias: AliasSpec, target: ModelSpec, models: dict[str, ModelSpec]
+) -> tuple[ModelSpec, ...]:
+    """An alias's ``voices_from`` models, checked: speech models whose voice ids and OpenAI
+    names (with the target's) are each claimed once, so every voice name picks one model."""
+    speakers: list[ModelSpec] = []
+    for model_id in alias.voices_from:
+        model = models.get(model_id)
+        if model is None or "text-to-speech" not in model.features:
+            raise ValueError(f"alias {alias.id}: voices_from {model_id} is not a speech model")
+        speakers.append(model)
+    if speakers and "text-to-speech" not in target.features:
+        raise ValueError(f"alias {alias.id}: voices_from needs a speech model as its target")
+    claimed: dict[str, str] = {}
+    for model in (target, *speakers):
+        for voice in model.voices:
+            for name in {voice.id.lower(), *voice.openai}:
+                if claimed.setdefault(name, model.id) != model.id:
+                    raise ValueError(
+                        f"alias {alias.id}: voice '{name}' is claimed by both "
+                        f"{claimed[name]} and {model.id}"
+                    )
+    return tuple(speakers)

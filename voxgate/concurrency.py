@@ -41,9 +41,15 @@ async def run_in_thread(fn: Callable[..., T], *args: object) -> T:
 
 
 ENGINE_NICENESS = 10
+#: Speech engines run between the event loop (0) and Whisper (10). A listener waits for the
+#: first sentence, a transcription is throughput work: at equal priority, a paragraph's first
+#: sentence shared both cores with Whisper's OpenMP threads and came 2-3x later than Piper's
+#: own; at 5 against 10 the scheduler gives speech three quarters of a contested core (CFS
+#: weights 335:110), and the event loop still three quarters against speech.
+SPEECH_NICENESS = 5
 
 
-def lower_thread_priority() -> None:
+def lower_thread_priority(niceness: int = ENGINE_NICENESS) -> None:
     """Give the calling thread (and the threads it starts) a lower CPU priority.
 
     Engine work keeps both cores busy; at equal priority the event loop waits its turn behind
@@ -52,10 +58,10 @@ def lower_thread_priority() -> None:
     ever raised, never lowered back (that needs privileges), so use it in dedicated threads.
     """
     with contextlib.suppress(AttributeError, OSError):  # per-thread nice is Linux-only
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ENGINE_NICENESS)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
 
 
-async def run_in_engine_thread(fn: Callable[[], T]) -> T:
+async def run_in_engine_thread(fn: Callable[[], T], *, niceness: int = ENGINE_NICENESS) -> T:
     """Run ``fn`` in a new low-priority thread (see ``lower_thread_priority``)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
@@ -68,7 +74,7 @@ async def run_in_engine_thread(fn: Callable[[], T]) -> T:
                 future.set_exception(error)
 
     def run() -> None:
-        lower_thread_priority()
+        lower_thread_priority(niceness)
         try:
             result = fn()
         except BaseException as exc:
@@ -87,12 +93,14 @@ async def iterate_in_thread(
     *,
     buffer: int = 4,
     deadline: JobDeadline | None = None,
+    niceness: int = ENGINE_NICENESS,
 ) -> AsyncIterator[T]:
     """Yield the items of a blocking iterator produced in a worker thread.
 
     At most ``buffer`` items wait unconsumed, so a slow client slows the engine down rather than
     letting memory grow. Exceptions raised in the thread are re-raised here. Once ``deadline``
-    has passed, the thread stops before its next item and ``deadline.error()`` is raised.
+    has passed, the thread stops before its next item and ``deadline.error()`` is raised. The
+    thread runs at ``niceness`` (``SPEECH_NICENESS`` for the speech engines).
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[object] = asyncio.Queue(maxsize=buffer)
@@ -122,7 +130,7 @@ async def iterate_in_thread(
             return
         put(_DONE)
 
-    worker = asyncio.ensure_future(run_in_engine_thread(produce))
+    worker = asyncio.ensure_future(run_in_engine_thread(produce, niceness=niceness))
     try:
         while True:
             item = await queue.get()

@@ -258,6 +258,7 @@ class CatalogPricing(BaseModel):
 class CatalogVoice(BaseModel):
     id: str
     name: str
+    openai_voices: list[str] = []  # OpenAI voice names this voice answers (catalog `openai`)
 
 
 class CatalogRecord(BaseModel):

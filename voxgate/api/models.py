@@ -91,5 +91,8 @@ def _record(entry: CatalogEntry) -> schemas.CatalogRecord:
         ),
         alias_of=entry.alias_of,
         languages=list(model.languages) or [voice.id for voice in model.voices],
-        voices=[schemas.CatalogVoice(id=v.id, name=v.name) for v in model.voices],
+        voices=[
+            schemas.CatalogVoice(id=v.id, name=v.name, openai_voices=list(v.openai))
+            for v in entry.voices
+        ],
     )

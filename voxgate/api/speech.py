@@ -32,7 +32,9 @@ async def create_speech(
     ticket: TicketDep,
     cleanup: CleanupDep,
 ) -> Response:
-    entry = services.catalog.for_endpoint(body.model, SPEECH)
+    voice = body.voice if isinstance(body.voice, str) else body.voice.id
+    # An alias such as tts-1 picks its model by voice (catalog `voices_from`): nova → hibari.
+    entry = services.catalog.for_endpoint(body.model, SPEECH).for_voice(voice)
     ticket.authorize(entry)
     if entry.model.serve:  # routed: upstream targets, maybe local fallback
         raw = await request.json()
@@ -42,7 +44,6 @@ async def create_speech(
         except ClientDisconnected:
             return Response(status_code=499)
         return streaming(delivery)
-    voice = body.voice if isinstance(body.voice, str) else body.voice.id
     chunks = start_speech(services, entry, text=body.input, voice=voice, speed=body.speed)
     cleanup.push_async_callback(close_quietly, chunks)
     await ticket.reserve(characters=len(body.input))

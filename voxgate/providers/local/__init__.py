@@ -29,7 +29,7 @@ log = logging.getLogger("voxgate.local")
 T = TypeVar("T")
 
 SPEECH_TO_TEXT_ENGINES = {"faster-whisper"}
-TEXT_TO_SPEECH_ENGINES = {"piper", "espeak-ng"}
+TEXT_TO_SPEECH_ENGINES = {"piper", "hibari", "espeak-ng"}
 
 
 class LocalProvider:
@@ -90,6 +90,10 @@ class LocalProvider:
             from voxgate.providers.local.piper import load_piper
 
             self._speakers["piper"] = await load_piper(self.gates["piper"])
+        if "hibari" in engines:
+            from voxgate.providers.local.hibari import load_hibari
+
+            self._speakers["hibari"] = await load_hibari(self.gates["hibari"])
         if "espeak-ng" in engines:
             from voxgate.providers.local.espeak import load_espeak
 

@@ -16,7 +16,7 @@ import espeakng_loader
 import numpy as np
 
 from voxgate import metrics
-from voxgate.concurrency import EngineGate, iterate_in_thread, run_in_thread
+from voxgate.concurrency import SPEECH_NICENESS, EngineGate, iterate_in_thread, run_in_thread
 from voxgate.errors import EngineFailed
 from voxgate.providers.base import PcmChunk, SpeechJob
 from voxgate.text import split_for_synthesis
@@ -85,7 +85,9 @@ class EspeakEngine:
     async def synthesize(self, job: SpeechJob) -> AsyncGenerator[PcmChunk, None]:
         async with self.gate.slot() as deadline:
             began, spoken_s = time.monotonic(), 0.0
-            async for chunk in iterate_in_thread(lambda: self._synthesize(job), deadline=deadline):
+            async for chunk in iterate_in_thread(
+                lambda: self._synthesize(job), deadline=deadline, niceness=SPEECH_NICENESS
+            ):
                 spoken_s += chunk.duration_s
                 yield chunk
             metrics.observe_realtime_factor(job.engine_model, time.monotonic() - began, spoken_s)

