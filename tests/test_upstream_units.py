@@ -3,13 +3,17 @@ the breaker's state machine, backoff bounds and the measured length of an upload
 
 from __future__ import annotations
 
+import asyncio
 import io
 import struct
 import time
 from pathlib import Path
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from conftest import audio_path
+from sqlalchemy import create_engine, inspect
 
 from voxgate.audio import measure_duration, wav_duration
 from voxgate.catalog import Catalog
@@ -17,6 +21,8 @@ from voxgate.errors import AudioTooLong, InvalidAudio
 from voxgate.providers.config import ConfigError, apply_to_catalog, load_upstream_config
 from voxgate.providers.upstream.breaker import Breaker
 from voxgate.services.routing import backoff_s
+from voxgate.storage.db import Database
+from voxgate.storage.tables import Base
 
 PROVIDER = '[providers.acme]\nbase_url = "https://api.example.com/v1"\napi_key_env = "ACME_KEY"\n\n'
 
@@ -151,3 +157,24 @@ def test_compressed_audio_is_measured_by_demuxing() -> None:
         assert measure_duration(source, max_s=60) == pytest.approx(3.27, abs=0.01)
     with pytest.raises(InvalidAudio):
         measure_duration(io.BytesIO(b"not audio at all" * 100), max_s=60)
+
+
+def test_the_migrations_produce_the_tables_with_the_route_column(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'voxgate.db'}"
+
+    async def migrate() -> None:
+        db = Database(url)
+        try:
+            await db.migrate()
+        finally:
+            await db.close()
+
+    asyncio.run(migrate())
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+            columns = {c["name"] for c in inspect(connection).get_columns("usage_records")}
+    finally:
+        engine.dispose()
+    assert "route" in columns

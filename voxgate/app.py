@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["authorization", "content-type", "x-client-request-id"],
-            expose_headers=["x-request-id", "retry-after", "x-should-retry"],
+            expose_headers=["x-request-id", "retry-after", "x-should-retry", "x-voxgate-route"],
         )
     app.add_middleware(ObservabilityMiddleware)
     app.add_middleware(RequestIdMiddleware)
