@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -563,6 +564,25 @@ def test_revoked_and_expired_keys_get_401_and_leave_no_row(gateway: Gateway) -> 
     assert not all_ids & set(refused_ids)
     assert [row["request_id"] for row in gateway.ledger.rows(revoked.id)] == [worked]
     assert gateway.ledger.rows(expired.id) == []
+
+
+def test_a_key_changed_by_any_writer_is_refused_on_its_next_request(gateway: Gateway) -> None:
+    """The server keeps no copy of a key: a plain SQL write by another program (no KeyStore, so
+    no cache hook could see it) that expires a key or revokes it takes effect at once, and a key
+    given back its validity works again at once."""
+    key, secret = gateway.key()
+    sdk = gateway.server.sdk_for(secret)
+    path = gateway.database_url.removeprefix("sqlite:///")
+    for column, reason in (("expires_at", "expired"), ("revoked_at", "revoked")):
+        speak(sdk, "Valid.")
+        with sqlite3.connect(path) as conn:
+            conn.execute(f"UPDATE api_keys SET {column} = ? WHERE id = ?", (1, key.id))
+        with pytest.raises(openai.AuthenticationError) as refused:
+            speak(sdk, "Let me in.")
+        assert reason in refused.value.message
+        with sqlite3.connect(path) as conn:
+            conn.execute(f"UPDATE api_keys SET {column} = NULL WHERE id = ?", (key.id,))
+    speak(sdk, "Valid again.")
 
 
 def test_model_allowlist_refuses_other_models_with_403_model_not_allowed(

@@ -3,6 +3,14 @@
 Secrets are ``sk-vg-`` followed by 256 random bits (URL-safe base64), so secret scanners can spot
 a leaked one, and a plain SHA-256 digest is a safe way to store it: a secret that long cannot be
 brute-forced from its digest.
+
+Keys are not cached in the process: every request reads its key row, so a key revoked or expired
+by any writer (the admin API, ``voxgate keys`` writing the database directly, another replica on
+the same PostgreSQL) is refused on the very next request. A cache would need a validation read
+of the shared database anyway (a generation row, ``PRAGMA data_version`` -- which every ledger
+write of any connection bumps --, or a Redis version key that the CLI might not reach), and that
+read costs the same worker-thread round trip as the lookup itself. So the lookup is made cheap
+instead: one pre-built Core SELECT by the unique digest, run with ``Database.transact``.
 """
 
 from __future__ import annotations
@@ -14,9 +22,10 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Table, bindparam, func, or_, select, update
+from sqlalchemy.engine import Connection
 
 from voxgate.money import micros_to_usd
 from voxgate.storage.db import Database
@@ -110,7 +119,8 @@ class ApiKey:
         }
 
 
-def _to_key(row: ApiKeyRow) -> ApiKey:
+def _to_key(row: Any) -> ApiKey:
+    """An ``ApiKey`` from an ORM ``ApiKeyRow`` or a Core row of the ``api_keys`` table."""
     return ApiKey(
         id=row.id,
         name=row.name,
@@ -124,6 +134,11 @@ def _to_key(row: ApiKeyRow) -> ApiKey:
         reserved_micros=row.reserved_micros,
         limits=Limits.of(row),
     )
+
+
+_KEYS = cast(Table, ApiKeyRow.__table__)
+_BY_DIGEST = select(_KEYS).where(_KEYS.c.secret_sha256 == bindparam("digest"))
+_BY_ID = select(_KEYS).where(_KEYS.c.id == bindparam("key_id"))
 
 
 class KeyStore:
@@ -160,16 +175,23 @@ class KeyStore:
 
     async def find(self, digest: str) -> ApiKey | None:
         """The key whose secret has this digest (confirmed with a constant-time compare)."""
-        async with self._db.sessions() as session:
-            row = await session.scalar(select(ApiKeyRow).where(ApiKeyRow.secret_sha256 == digest))
+
+        def lookup(connection: Connection) -> Any:
+            return connection.execute(_BY_DIGEST, {"digest": digest}).one_or_none()
+
+        row = await self._db.transact(lookup)
         if row is None or not hmac.compare_digest(row.secret_sha256, digest):
             return None
         return _to_key(row)
 
     async def get(self, key_id: str) -> ApiKey | None:
-        async with self._db.sessions() as session:
-            row = await session.get(ApiKeyRow, key_id)
-        return _to_key(row) if row else None
+        """The key as stored now (its spend and reservations too)."""
+
+        def lookup(connection: Connection) -> Any:
+            return connection.execute(_BY_ID, {"key_id": key_id}).one_or_none()
+
+        row = await self._db.transact(lookup)
+        return _to_key(row) if row is not None else None
 
     async def list(self) -> list[ApiKey]:
         async with self._db.sessions() as session:

@@ -12,18 +12,26 @@ A settle or a row the database cannot take (it is down or restarting) goes to th
 ``Journal`` instead and is replayed when the database answers again: the pending row keeps its
 reservation meanwhile, and a row the reaper closed as ``interrupted`` before the replay got
 there is corrected to what was really delivered, so a complete response is billed exactly once.
+
+The per-request writes are pre-built Core statements with bound parameters (compiled once, then
+taken from SQLAlchemy's cache), and each transaction runs whole in one worker-thread call
+(``Database.transact``): a reservation is one hop (key UPDATE + row INSERT), a settle one hop
+(row UPDATE + key UPDATE). The transactions, their guards and their order are unchanged, so are
+the pending row written before any work and the journal for a database that is down.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from voxgate.errors import DatabaseUnavailable
 from voxgate.storage.db import Database
@@ -61,6 +69,71 @@ class Entry:
     route: str | None = None  # the target that served it (set by settle and record)
 
 
+_KEYS = cast(Table, ApiKeyRow.__table__)
+_USAGE = cast(Table, UsageRow.__table__)
+
+#: Hold ``b_cost`` of a key's budget, only if spend + holds + it stay within the budget.
+_HOLD = (
+    update(_KEYS)
+    .where(_KEYS.c.id == bindparam("b_key"))
+    .where(
+        _KEYS.c.budget_micros.is_(None)
+        | (
+            _KEYS.c.spent_micros + _KEYS.c.reserved_micros + bindparam("b_cost")
+            <= _KEYS.c.budget_micros
+        )
+    )
+    .values(reserved_micros=_KEYS.c.reserved_micros + bindparam("b_cost"))
+)
+_INSERT = insert(_USAGE)
+#: Close a row, only while it is pending (so only once).
+_CLOSE = (
+    update(_USAGE)
+    .where(_USAGE.c.request_id == bindparam("b_request"), _USAGE.c.status == "pending")
+    .values(
+        route=bindparam("b_route"),
+        status=bindparam("b_status"),
+        http_status=bindparam("b_http_status"),
+        input_audio_ms=bindparam("b_input_audio_ms"),
+        input_characters=bindparam("b_input_characters"),
+        output_audio_ms=bindparam("b_output_audio_ms"),
+        cost_micros=bindparam("b_cost"),
+        reserved_micros=0,
+        latency_ms=bindparam("b_latency_ms"),
+        finished_at=bindparam("b_finished_at"),
+    )
+)
+#: Turn a settled row's hold into spend.
+_SPEND = (
+    update(_KEYS)
+    .where(_KEYS.c.id == bindparam("b_key"))
+    .values(
+        reserved_micros=_KEYS.c.reserved_micros - bindparam("b_reserved"),
+        spent_micros=_KEYS.c.spent_micros + bindparam("b_cost"),
+    )
+)
+#: Bill a row the reaper closed as interrupted for what it delivered (only once).
+_CORRECT = (
+    update(_USAGE)
+    .where(_USAGE.c.request_id == bindparam("b_request"), _USAGE.c.status == "interrupted")
+    .values(
+        status=bindparam("b_status"),
+        http_status=bindparam("b_http_status"),
+        input_audio_ms=bindparam("b_input_audio_ms"),
+        input_characters=bindparam("b_input_characters"),
+        output_audio_ms=bindparam("b_output_audio_ms"),
+        cost_micros=bindparam("b_cost"),
+        latency_ms=bindparam("b_latency_ms"),
+        finished_at=bindparam("b_finished_at"),
+    )
+)
+_ADD_SPEND = (
+    update(_KEYS)
+    .where(_KEYS.c.id == bindparam("b_key"))
+    .values(spent_micros=_KEYS.c.spent_micros + bindparam("b_cost"))
+)
+
+
 class Ledger:
     def __init__(self, db: Database, instance_id: str, journal: Journal) -> None:
         self._db = db
@@ -73,28 +146,19 @@ class Ledger:
         Keys without a stored row (bootstrap, anonymous) only get the pending row. Returns
         False, writing nothing, if the budget cannot cover the estimate.
         """
-        async with self._db.sessions.begin() as session:
+        row = _row(entry, estimate, status="pending", reserved_micros=estimate.cost_micros)
+
+        def hold(connection: Connection) -> bool:
             if entry.budgeted:
-                held = await session.execute(
-                    update(ApiKeyRow)
-                    .where(ApiKeyRow.id == entry.api_key_id)
-                    .where(
-                        ApiKeyRow.budget_micros.is_(None)
-                        | (
-                            ApiKeyRow.spent_micros
-                            + ApiKeyRow.reserved_micros
-                            + estimate.cost_micros
-                            <= ApiKeyRow.budget_micros
-                        )
-                    )
-                    .values(reserved_micros=ApiKeyRow.reserved_micros + estimate.cost_micros)
+                held = connection.execute(
+                    _HOLD, {"b_key": entry.api_key_id, "b_cost": estimate.cost_micros}
                 )
-                if held.rowcount != 1:  # type: ignore[attr-defined]
-                    return False
-            session.add(
-                _row(entry, estimate, status="pending", reserved_micros=estimate.cost_micros)
-            )
-        return True
+                if held.rowcount != 1:
+                    return False  # nothing written: the transaction has changed nothing
+            connection.execute(_INSERT, row)
+            return True
+
+        return await self._db.transact(hold)
 
     async def settle(
         self,
@@ -186,9 +250,10 @@ class Ledger:
         key_id = entry.api_key_id if entry.budgeted else None
         if record["op"] == "record":
             if maybe_reserved := record.get("maybe_reserved_micros", 0):
-                async with self._db.sessions.begin() as session:
-                    if await _settle(
-                        session,
+
+                def close_maybe_reserved(connection: Connection) -> bool:
+                    return _settle(
+                        connection,
                         entry.request_id,
                         key_id,
                         maybe_reserved,
@@ -197,22 +262,24 @@ class Ledger:
                         http_status=record["http_status"],
                         latency_ms=record["latency_ms"],
                         finished_at=record["finished_at"],
-                    ):
-                        return  # the reservation had committed: its row is now closed
+                    )
+
+                if await self._db.transact(close_maybe_reserved):
+                    return  # the reservation had committed: its row is now closed
             row = _row(entry, Usage(), status=record["status"], reserved_micros=0)
-            row.http_status = record["http_status"]
-            row.latency_ms = record["latency_ms"]
-            row.finished_at = record["finished_at"]
-            try:
-                async with self._db.sessions.begin() as session:
-                    session.add(row)
-            except IntegrityError:
-                pass  # request ids are unique: this row was written already
+            row.update(
+                http_status=record["http_status"],
+                latency_ms=record["latency_ms"],
+                finished_at=record["finished_at"],
+            )
+            with contextlib.suppress(IntegrityError):  # request ids are unique: written already
+                await self._db.transact(lambda connection: connection.execute(_INSERT, row))
             return
         usage = Usage(**record["usage"])
-        async with self._db.sessions.begin() as session:
-            settled = await _settle(
-                session,
+
+        def settle(connection: Connection) -> None:
+            settled = _settle(
+                connection,
                 entry.request_id,
                 key_id,
                 record["reserved_micros"],
@@ -224,7 +291,9 @@ class Ledger:
                 route=entry.route,
             )
             if not settled and usage.cost_micros:
-                await _correct_interrupted(session, entry.request_id, key_id, usage, record)
+                _correct_interrupted(connection, entry.request_id, key_id, usage, record)
+
+        await self._db.transact(settle)
 
     async def heartbeat(self) -> None:
         now = int(time.time())
@@ -256,42 +325,54 @@ class Ledger:
             rows = (await session.execute(query)).all()
         settled = []
         for request_id, api_key_id, reserved in rows:
-            async with self._db.sessions.begin() as session:
-                closed = await _settle(
-                    session,
-                    request_id,
-                    api_key_id,
-                    reserved,
-                    Usage(),
-                    status="interrupted",
-                    http_status=None,
-                    latency_ms=None,
-                )
-            if closed:
+            interrupt = functools.partial(
+                _settle,
+                request_id=request_id,
+                stored_key_id=api_key_id,
+                reserved_micros=reserved,
+                usage=Usage(),
+                status="interrupted",
+                http_status=None,
+                latency_ms=None,
+            )
+            if await self._db.transact(interrupt):
                 settled.append((request_id, api_key_id))
         return settled
 
 
-def _row(entry: Entry, usage: Usage, *, status: Status, reserved_micros: int) -> UsageRow:
-    return UsageRow(
-        request_id=entry.request_id,
-        api_key_id=entry.api_key_id,
-        endpoint=entry.endpoint,
-        model=entry.model,
-        status=status,
-        input_audio_ms=usage.input_audio_ms,
-        input_characters=usage.input_characters,
-        output_audio_ms=usage.output_audio_ms,
-        cost_micros=usage.cost_micros,
-        reserved_micros=reserved_micros,
-        instance_id=entry.instance_id,
-        route=entry.route,
-        created_at=entry.created_at,
-    )
+def _row(entry: Entry, usage: Usage, *, status: Status, reserved_micros: int) -> dict[str, Any]:
+    """The parameters of a new ``usage_records`` row."""
+    return {
+        "request_id": entry.request_id,
+        "api_key_id": entry.api_key_id,
+        "endpoint": entry.endpoint,
+        "model": entry.model,
+        "status": status,
+        "http_status": None,
+        "input_audio_ms": usage.input_audio_ms,
+        "input_characters": usage.input_characters,
+        "output_audio_ms": usage.output_audio_ms,
+        "cost_micros": usage.cost_micros,
+        "reserved_micros": reserved_micros,
+        "latency_ms": None,
+        "instance_id": entry.instance_id,
+        "route": entry.route,
+        "created_at": entry.created_at,
+        "finished_at": None,
+    }
 
 
-async def _settle(
-    session: AsyncSession,
+def _usage_params(usage: Usage) -> dict[str, int]:
+    return {
+        "b_input_audio_ms": usage.input_audio_ms,
+        "b_input_characters": usage.input_characters,
+        "b_output_audio_ms": usage.output_audio_ms,
+        "b_cost": usage.cost_micros,
+    }
+
+
+def _settle(
+    connection: Connection,
     request_id: str,
     stored_key_id: str | None,
     reserved_micros: int,
@@ -303,38 +384,30 @@ async def _settle(
     finished_at: int | None = None,
     route: str | None = None,
 ) -> bool:
-    closed = await session.execute(
-        update(UsageRow)
-        .where(UsageRow.request_id == request_id, UsageRow.status == "pending")
-        .values(
-            route=route,
-            status=status,
-            http_status=http_status,
-            input_audio_ms=usage.input_audio_ms,
-            input_characters=usage.input_characters,
-            output_audio_ms=usage.output_audio_ms,
-            cost_micros=usage.cost_micros,
-            reserved_micros=0,
-            latency_ms=latency_ms,
-            finished_at=finished_at or int(time.time()),
-        )
+    closed = connection.execute(
+        _CLOSE,
+        {
+            "b_request": request_id,
+            "b_route": route,
+            "b_status": status,
+            "b_http_status": http_status,
+            "b_latency_ms": latency_ms,
+            "b_finished_at": finished_at or int(time.time()),
+            **_usage_params(usage),
+        },
     )
-    if closed.rowcount != 1:  # type: ignore[attr-defined]
+    if closed.rowcount != 1:
         return False
     if stored_key_id is not None:  # bootstrap and anonymous callers have no key row
-        await session.execute(
-            update(ApiKeyRow)
-            .where(ApiKeyRow.id == stored_key_id)
-            .values(
-                reserved_micros=ApiKeyRow.reserved_micros - reserved_micros,
-                spent_micros=ApiKeyRow.spent_micros + usage.cost_micros,
-            )
+        connection.execute(
+            _SPEND,
+            {"b_key": stored_key_id, "b_reserved": reserved_micros, "b_cost": usage.cost_micros},
         )
     return True
 
 
-async def _correct_interrupted(
-    session: AsyncSession,
+def _correct_interrupted(
+    connection: Connection,
     request_id: str,
     stored_key_id: str | None,
     usage: Usage,
@@ -342,23 +415,16 @@ async def _correct_interrupted(
 ) -> None:
     """Bill a row the reaper closed as ``interrupted`` (cost 0, reservation already released)
     for what it really delivered. Only once: the row is no longer ``interrupted`` after."""
-    corrected = await session.execute(
-        update(UsageRow)
-        .where(UsageRow.request_id == request_id, UsageRow.status == "interrupted")
-        .values(
-            status=record["status"],
-            http_status=record["http_status"],
-            input_audio_ms=usage.input_audio_ms,
-            input_characters=usage.input_characters,
-            output_audio_ms=usage.output_audio_ms,
-            cost_micros=usage.cost_micros,
-            latency_ms=record["latency_ms"],
-            finished_at=record["finished_at"],
-        )
+    corrected = connection.execute(
+        _CORRECT,
+        {
+            "b_request": request_id,
+            "b_status": record["status"],
+            "b_http_status": record["http_status"],
+            "b_latency_ms": record["latency_ms"],
+            "b_finished_at": record["finished_at"],
+            **_usage_params(usage),
+        },
     )
-    if corrected.rowcount == 1 and stored_key_id is not None:  # type: ignore[attr-defined]
-        await session.execute(
-            update(ApiKeyRow)
-            .where(ApiKeyRow.id == stored_key_id)
-            .values(spent_micros=ApiKeyRow.spent_micros + usage.cost_micros)
-        )
+    if corrected.rowcount == 1 and stored_key_id is not None:
+        connection.execute(_ADD_SPEND, {"b_key": stored_key_id, "b_cost": usage.cost_micros})
