@@ -200,3 +200,13 @@ def test_cancel_on_disconnect_stops_waiting_when_the_client_leaves() -> None:
         await first
 
     asyncio.run(scenario())
+
+
+def test_a_transcription_deadline_is_moved_on_by_its_audio_length() -> None:
+    """An hour of audio may run the job limit plus an hour: the limit is for stuck jobs, not
+    for long recordings (which would otherwise always fail with the 300 s default)."""
+    deadline = JobDeadline("whisper", 300.0, at=1000.0)
+    longer = deadline.with_audio(3600.0)
+    assert (longer.limit_s, longer.at) == (3900.0, 4600.0)
+    assert "plus the audio's length" in longer.error().message
+    assert (deadline.limit_s, deadline.at) == (300.0, 1000.0)  # the original is unchanged

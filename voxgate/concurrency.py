@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import os
 import threading
@@ -161,10 +162,17 @@ class JobDeadline:
     def expired(self) -> bool:
         return time.monotonic() >= self.at
 
+    def with_audio(self, seconds: float) -> JobDeadline:
+        """This deadline moved on by ``seconds``: a transcription may take the limit plus the
+        audio's own length, so an hour-long recording is not cut off by a limit meant for
+        stuck jobs (Whisper runs faster than real time on any machine that can serve it)."""
+        return dataclasses.replace(self, limit_s=self.limit_s + seconds, at=self.at + seconds)
+
     def error(self) -> Overloaded:
         return Overloaded(
             f"The {self.engine} job ran longer than this server's limit of {self.limit_s:g} s "
-            "of engine time (VOXGATE_ENGINE_JOB_TIMEOUT_S) and was stopped. Send a shorter "
+            "of engine time (VOXGATE_ENGINE_JOB_TIMEOUT_S, plus the audio's length for a "
+            "transcription) and was stopped. Send a shorter "
             "input, or retry when the server is less busy.",
             code="engine_timeout",
             retry_after_s=max(1, math.ceil(self.limit_s)),

@@ -110,6 +110,8 @@ class WhisperEngine:
         then segments. Waiting for the slot and decoding stop when the consumer is cancelled."""
         async with self.gate.slot() as deadline:
             audio = await job.load_audio()
+            if deadline is not None:
+                deadline = deadline.with_audio(audio.duration_s)
             decode = functools.partial(self._decode, job, audio)
             began = time.monotonic()
             try:
