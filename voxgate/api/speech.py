@@ -33,8 +33,10 @@ async def create_speech(
     cleanup: CleanupDep,
 ) -> Response:
     voice = body.voice if isinstance(body.voice, str) else body.voice.id
+    requested = services.catalog.for_endpoint(body.model, SPEECH)
+    ticket.authorize(requested)  # a key's allowlist is checked before the voice is looked at
     # An alias such as tts-1 picks its model by voice (catalog `voices_from`): nova → hibari.
-    entry = services.catalog.for_endpoint(body.model, SPEECH).for_voice(voice)
+    entry = requested.for_voice(voice)
     ticket.authorize(entry)
     if entry.model.serve:  # routed: upstream targets, maybe local fallback
         raw = await request.json()

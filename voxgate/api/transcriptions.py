@@ -107,6 +107,7 @@ async def _handle(
     ticket.authorize(entry)
     words = "word" in options.timestamp_granularities
     logprobs = "logprobs" in options.include
+    times = request.headers.get(SEGMENT_TIMES_HEADER, "").lower() in ("1", "true", "on")
     route_headers: dict[str, str] = {}
     if entry.model.serve:
         if any(target.local for target in services.router.chain(entry)):
@@ -158,7 +159,8 @@ async def _handle(
             keywords=tuple(options.keywords or ()),
             languages=tuple(options.languages or ()),
             stream=options.stream,
-            segment_times=options.response_format in _TIMED_FORMATS and not options.stream,
+            # Streamed deltas carry times only when asked for (SEGMENT_TIMES_HEADER).
+            segment_times=times if options.stream else options.response_format in _TIMED_FORMATS,
             chunking=vad_options(options.chunking_strategy),
         )
         try:
@@ -170,7 +172,6 @@ async def _handle(
         route_headers = {ROUTE_HEADER: ticket.route}
     report = guard_transcription(transcription) if services.settings.transcript_guards else None
     if options.stream:
-        times = request.headers.get(SEGMENT_TIMES_HEADER, "").lower() in ("1", "true", "on")
         events = _stream_events(
             transcription, ticket, logprobs=logprobs, times=times, report=report
         )

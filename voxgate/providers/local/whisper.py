@@ -10,16 +10,18 @@ faster-whisper's ``BatchedInferencePipeline``: Silero VAD cuts it into speech ch
 30 s that are decoded in batches, faster than sequential decoding and immune to its "skipped
 30 s window" failure.
 
-Both paths decode *without* timestamp tokens. In the batched pipeline, with them, Whisper base
-dropped whole phrases at chunk ends (WER 0.118 against 0.039 on the 222 s LJ Speech clip); on
-short clips, without them it makes fewer errors (the development set's 19 short English clips:
-16 word errors against 19, see docs/benchmarks.md). Segments are then whole chunks, so when
-the response needs times (srt, vtt, verbose_json, streaming) we take word timestamps and cut
-each chunk into sentence-sized segments, as a subtitle or a verbose_json reader expects.
+The batched pipeline decodes *without* timestamp tokens: with them, Whisper base dropped whole
+phrases at chunk ends (WER 0.118 against 0.039 on the 222 s LJ Speech clip). So does the plain
+decoder for a short English file (one window), where it makes fewer errors without them (the
+development set's 19 short English clips: 16 word errors against 19, see docs/benchmarks.md);
+other languages, translation and short windows of long files keep them. Segments without
+timestamp tokens are whole chunks, so when the response needs times (srt, vtt, verbose_json)
+we take word timestamps and cut each chunk into sentence-sized segments.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -166,9 +168,13 @@ class WhisperEngine:
         if window.duration_s <= _WINDOW_S:
             if job.chunking.explicit:  # a client's server_vad filters short audio too
                 options.update(vad_filter=True, vad_parameters=job.chunking.silero())
-            # A short window of a long file keeps the timestamp tokens: without them, Whisper base
-            # returned nothing for whole windows cut out of longer audio (tests/test_long_audio.py).
-            if self._timestamp_tokens or not whole_file:
+            detected = self._detect(window.audio, options, timestamp_free=whole_file)
+            # The timestamp-free path is for English transcription of a whole short file only:
+            # it was measured on English, German read by eSpeak came back with a sentence
+            # repeated (tests/test_speech.py), and a short window cut out of a long file came
+            # back empty (tests/test_long_audio.py).
+            english = options["language"] == "en" and job.task == "transcribe"
+            if self._timestamp_tokens or not whole_file or not english:
                 raw_segments, info = self._model.transcribe(
                     window.audio, word_timestamps=job.word_timestamps, **options
                 )
@@ -176,14 +182,15 @@ class WhisperEngine:
                     _to_segment(index, raw, keep_words=job.word_timestamps)
                     for index, raw in enumerate(raw_segments)
                 )
-                return whole, info
+                return whole, _detected(info, detected)
             # Text alone is more accurate without timestamp tokens (see the module docstring);
             # times, when the response has them, come from word alignment, as for long audio.
             timed = job.word_timestamps or job.segment_times
             raw_segments, info = self._model.transcribe(
                 window.audio, without_timestamps=True, word_timestamps=timed, **options
             )
-            return self._split(raw_segments, timed=timed, keep_words=job.word_timestamps), info
+            split = self._split(raw_segments, timed=timed, keep_words=job.word_timestamps)
+            return split, _detected(info, detected)
         # Each utterance is decoded on its own, as short pieces are: merged into 30 s chunks
         # (faster-whisper's default), Whisper base dropped whole sentences of the later ones.
         speech = speech_chunks(window.audio, job.chunking, max_speech_s=_WINDOW_S)
@@ -215,6 +222,17 @@ class WhisperEngine:
             for words in _sentences(raw.words or []):
                 yield self._sub_segment(index, raw, words, keep_words=keep_words)
                 index += 1
+
+    def _detect(
+        self, audio: np.ndarray, options: dict[str, Any], *, timestamp_free: bool
+    ) -> float | None:
+        """Detect the language up front when the decoding mode depends on it, setting it in
+        ``options``; its probability, or None when nothing was detected here. (faster-whisper
+        would run the same detection inside ``transcribe``, so this costs nothing extra.)"""
+        if options["language"] is not None or self._timestamp_tokens or not timestamp_free:
+            return None
+        options["language"], probability, _ = self._model.detect_language(audio)
+        return float(probability)
 
     def _pick_language(self, audio: np.ndarray, candidates: tuple[str, ...]) -> str | None:
         """The most likely of ``candidates`` on the first window (None: let Whisper choose)."""
@@ -254,6 +272,14 @@ class WhisperEngine:
         job = TranscriptionJob(engine_model=_WARM_UP, load_audio=one_second_of_silence)
         transcription = await self.transcribe(job)
         await transcription.all_segments()
+
+
+def _detected(info: TranscriptionInfo, probability: float | None) -> TranscriptionInfo:
+    """``info`` with the probability of the language detected before ``transcribe`` (which,
+    given the language, reports 1)."""
+    if probability is None:
+        return info
+    return dataclasses.replace(info, language_probability=probability)
 
 
 _WARM_UP = "warm-up"  # the start-up job's model name: kept out of the metrics
