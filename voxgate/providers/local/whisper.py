@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -189,6 +190,10 @@ class WhisperEngine:
             raw_segments, info = self._model.transcribe(
                 window.audio, without_timestamps=True, word_timestamps=timed, **options
             )
+            # Without timestamp tokens a window is one segment. With word times, faster-whisper
+            # then decodes the tail after the last word again, where Whisper invents text (the
+            # JFK clip gained "Thank you very much."): only the first segment is the window's.
+            raw_segments = itertools.islice(raw_segments, 1)
             split = self._split(raw_segments, timed=timed, keep_words=job.word_timestamps)
             return split, _detected(info, detected)
         # Each utterance is decoded on its own, as short pieces are: merged into 30 s chunks
