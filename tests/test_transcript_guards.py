@@ -146,10 +146,10 @@ def test_segments_the_model_marks_as_no_speech_are_dropped(babble: tuple[Any, An
 
 
 def test_low_confidence_text_is_kept_and_flagged(babble: tuple[Any, Any]) -> None:
-    _, after = babble
     """Exactly the kept segments under the confidence bar are flagged, each as low_confidence.
     (Since windowed decoding, this babble may leave none under the bar; the flagging rule
     itself is covered by tests/test_guards_logic.py.)"""
+    _, after = babble
     flagged = [a for a in after["guards"]["actions"] if a["action"] == "flagged"]
     assert {a["reason"] for a in flagged} <= {"low_confidence"}
     unsure = {
