@@ -126,9 +126,13 @@ class OwnPostgres:
     def start(self) -> None:
         pg_ctl = _pg_tool("pg_ctl")
         assert pg_ctl is not None
+        # fsync and full-page writes only matter if the OS crashes; synchronous_commit must stay
+        # on: the tests kill this server (``stop`` is an immediate shutdown, a crash) and expect
+        # what it committed to be there afterwards. With it off, a commit is only flushed by the
+        # WAL writer up to 200 ms later, and a reservation committed just before the kill is lost.
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off"
+            "-c full_page_writes=off"
         )
         self._run(
             pg_ctl, "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "start"

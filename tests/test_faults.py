@@ -30,6 +30,9 @@ from voxgate.storage.keys import Limits
 
 # ~1,100 characters, 15 sentences of Piper speech: streams for several seconds.
 LONG_TEXT = "It was a bright cold day in April, and the clocks were striking thirteen. " * 15
+# ~4,000 characters (the API's limit is 4,096): on a quiet machine Piper streams LONG_TEXT in
+# well under a second, so a stream meant to outlast a 1 s shutdown grace needs this much.
+LONGEST_TEXT = (LONG_TEXT * 4)[:4000]
 SHORT = {"model": "espeak-ng", "voice": "en-us", "input": "Still here."}
 SHORT_CLIP = "en-librispeech-1089-134691-0000.flac"  # 2.08 s
 CLEAN_EXIT = (0, -signal.SIGTERM)  # uvicorn re-raises the signal it drained for
@@ -44,9 +47,11 @@ def patient_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def stream_speech(
-    http: httpx.Client, on_first_event: Callable[[], None] | None = None
+    http: httpx.Client,
+    on_first_event: Callable[[], None] | None = None,
+    text: str = LONG_TEXT,
 ) -> tuple[str, list[dict[str, Any]]]:
-    """Stream LONG_TEXT as SSE; call ``on_first_event`` once audio has started to arrive.
+    """Stream ``text`` as SSE; call ``on_first_event`` once audio has started to arrive.
 
     Returns the request id and every event. A body cut short raises (httpx sees the
     connection end before the last chunk), so a complete list ends with speech.audio.done.
@@ -54,7 +59,7 @@ def stream_speech(
     body = {
         "model": "gpt-4o-mini-tts",
         "voice": "coral",
-        "input": LONG_TEXT,
+        "input": text,
         "response_format": "mp3",
         "stream_format": "sse",
     }
@@ -347,9 +352,13 @@ def test_sigterm_after_the_grace_period_settles_what_was_cut(
         LedgerReader(sqlite_url) as ledger,
     ):
         with pytest.raises(httpx.TransportError):
-            stream_speech(http, on_first_event=lambda: server.process.send_signal(signal.SIGTERM))
+            stream_speech(
+                http,
+                on_first_event=lambda: server.process.send_signal(signal.SIGTERM),
+                text=LONGEST_TEXT,
+            )
         assert server.process.wait(timeout=120) in CLEAN_EXIT
         (row,) = ledger.rows()
         assert row["status"] == "cancelled", row
-        assert 0 < row["input_characters"] < len(LONG_TEXT)
+        assert 0 < row["input_characters"] < len(LONGEST_TEXT)
         assert row["reserved_micros"] == 0
