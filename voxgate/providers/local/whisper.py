@@ -196,8 +196,8 @@ class WhisperEngine:
             raw_segments = itertools.islice(raw_segments, 1)
             split = self._split(raw_segments, timed=timed, keep_words=job.word_timestamps)
             return split, _detected(info, detected)
-        # Each utterance is decoded on its own, as short pieces are: merged into 30 s chunks
-        # (faster-whisper's default), Whisper base dropped whole sentences of the later ones.
+        # Utterances are decoded in chunks of up to 15 s (audio_windows.MERGE_S): merged into
+        # 30 s chunks (faster-whisper's default), Whisper base dropped whole sentences.
         speech = speech_chunks(window.audio, job.chunking, max_speech_s=_WINDOW_S)
         if not speech:
             return None
