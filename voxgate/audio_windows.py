@@ -13,9 +13,11 @@ remote upstream can encode and send them as they are, and stitch what comes back
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,12 +25,22 @@ import numpy as np
 from voxgate.audio import WHISPER_SAMPLE_RATE
 
 if TYPE_CHECKING:  # providers.base imports this module for VadOptions
+    from faster_whisper import vad as silero
+
     from voxgate.providers.base import Segment
 
 # Never let faster-whisper or huggingface_hub reach for the network (the VAD model is bundled).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from faster_whisper import vad as silero
+
+@functools.cache
+def _silero() -> ModuleType:
+    """faster-whisper's Silero VAD, imported on first use: importing faster_whisper loads
+    CTranslate2 (about 30 MB), which a pure gateway replica (no local engines) never needs."""
+    from faster_whisper import vad
+
+    return vad  # type: ignore[no-any-return]  # faster_whisper ships no type hints
+
 
 # Four of Whisper's 30 s chunks: one batch of the batched pipeline at its default size, 7.7 MB.
 WINDOW_S = 120.0
@@ -57,7 +69,7 @@ class VadOptions:
     explicit: bool = False
 
     def silero(self, *, max_speech_s: float = float("inf"), pad: bool = True) -> silero.VadOptions:
-        return silero.VadOptions(
+        return _silero().VadOptions(
             threshold=self.threshold,
             min_silence_duration_ms=self.min_silence_duration_ms,
             speech_pad_ms=self.speech_pad_ms if pad else 0,
@@ -115,7 +127,7 @@ class Windower:
         """Where a full window ends: the middle of the longest silence in its last part."""
         start = len(audio) - self._search
         region = audio[start:]
-        speech = silero.get_speech_timestamps(region, self._vad.silero(pad=False))
+        speech = _silero().get_speech_timestamps(region, self._vad.silero(pad=False))
         if not speech:
             return len(audio)  # all silence: keep it whole, carry nothing
         edges = [0, *(int(chunk[edge]) for chunk in speech for edge in ("start", "end"))]
@@ -142,7 +154,7 @@ def speech_chunks(
 
     An engine (or a remote upstream) decodes each on its own, as it would short pieces.
     """
-    found = silero.get_speech_timestamps(audio, vad.silero(max_speech_s=max_speech_s))
+    found = _silero().get_speech_timestamps(audio, vad.silero(max_speech_s=max_speech_s))
     utterances = [
         (int(chunk["start"]) / WHISPER_SAMPLE_RATE, int(chunk["end"]) / WHISPER_SAMPLE_RATE)
         for chunk in found
