@@ -89,36 +89,19 @@ def measure_duration(source: BinaryIO, *, max_s: float) -> float:
 
     This is what a routed (upstream) request is billed on: what the upload really holds, not
     what its header claims or an upstream reports. Demuxing reads the container without
-    decoding (milliseconds for minutes of audio); a packet that states no duration is decoded
-    to count its samples. Raises AudioTooLong past ``max_s``, InvalidAudio for no audio.
+    decoding (milliseconds for minutes of audio); a stream with a packet that states no
+    duration is decoded to count its samples (``AudioMeter``, as for the local engine). Plain
+    WAV is read from its chunks. Raises AudioTooLong past ``max_s``, InvalidAudio for no audio.
     """
     seconds = wav_duration(source)
     if seconds is not None:
         if seconds > max_s:
             raise audio_too_long(max_s)
         return seconds
-    source.seek(0)
-    total = 0.0
-    packets = 0
-    try:
-        with av.open(source, mode="r", metadata_errors="ignore") as container:
-            stream = _audio_stream(container)
-            for packet in container.demux(stream):
-                if packet.size == 0:
-                    continue
-                packets += 1
-                if packet.duration and packet.time_base is not None:
-                    total += float(packet.duration * packet.time_base)
-                else:
-                    total += sum(frame.samples / frame.sample_rate for frame in packet.decode())
-                if total > max_s:
-                    raise audio_too_long(max_s)
-    except _DECODE_ERRORS as exc:
-        if packets == 0:
-            raise _undecodable() from exc
-    if packets == 0:
-        raise _undecodable()
-    return total
+    meter = AudioMeter(source, max_s=max_s)
+    for _ in meter.run():
+        pass
+    return meter.measured_s
 
 
 _WAV_CODES = (1, 3)  # PCM integer, IEEE float

@@ -23,15 +23,15 @@ from prometheus_client import (
     generate_latest,
 )
 
+from voxgate.catalog import ENDPOINT_FEATURES
+
 # No ``*_created`` series: they double the output and say little.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 #: Routes that get their own ``endpoint`` label; every other path is counted as ``other``.
 ENDPOINTS = frozenset(
     {
-        "/v1/audio/speech",
-        "/v1/audio/transcriptions",
-        "/v1/audio/translations",
+        *ENDPOINT_FEATURES,
         "/v1/models",
         "/api/models",
         "/v1/organization/usage/audio_speeches",

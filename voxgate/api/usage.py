@@ -28,7 +28,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from voxgate import schemas
+from voxgate import catalog, schemas
 from voxgate.api.deps import CallerDep, ServicesDep
 from voxgate.errors import InvalidRequest, PermissionDenied
 from voxgate.money import micros_to_usd
@@ -51,10 +51,10 @@ BUCKET_WIDTHS_S = {"1m": 60, "1h": 3600, "1d": 86400}
 USAGE_LIMITS = {"1m": (60, 1440), "1h": (24, 168), "1d": (7, 31)}
 COSTS_LIMITS = {**USAGE_LIMITS, "1d": (7, 180)}
 #: Costs' ``line_item`` for each metered endpoint: the name of its usage endpoint.
-LINE_ITEMS = {
-    "/v1/audio/transcriptions": "audio_transcriptions",
-    "/v1/audio/translations": "audio_translations",
-    "/v1/audio/speech": "audio_speeches",
+LINE_ITEMS: dict[str, str] = {
+    catalog.TRANSCRIPTIONS: "audio_transcriptions",
+    catalog.TRANSLATIONS: "audio_translations",
+    catalog.SPEECH: "audio_speeches",
 }
 # project_id and user_id are accepted in group_by and ignored: voxgate has no projects or users.
 _USAGE_GROUPS = ("project_id", "user_id", "api_key_id", "model")
@@ -278,7 +278,7 @@ TRANSCRIPTIONS = Report(
     lambda a: schemas.AudioTranscriptionsUsageResult(seconds=a.seconds, **_usage(a)),
 )
 TRANSLATIONS = Report(
-    ("/v1/audio/translations",),
+    (catalog.TRANSLATIONS,),
     _USAGE_GROUPS,
     USAGE_LIMITS,
     lambda a: schemas.AudioTranslationsUsageResult(seconds=a.seconds, **_usage(a)),

@@ -37,6 +37,7 @@ from rich.table import Table
 
 from voxgate import formats
 from voxgate.audio import SpeechFormat, probe_duration
+from voxgate.catalog import SPEECH, TRANSCRIPTIONS, TRANSLATIONS
 from voxgate.cli.http import (
     API_KEY_HELP,
     BASE_URL_HELP,
@@ -119,7 +120,7 @@ def speak(
     with (
         reporting(server),
         server.client() as client,
-        client.stream("POST", "/v1/audio/speech", json=body) as response,
+        client.stream("POST", SPEECH, json=body) as response,
     ):
         check(response)
         request_id = response.headers.get("x-request-id")
@@ -202,7 +203,7 @@ def transcribe(
 ) -> None:
     """Speech to text, with a progress bar in seconds of audio done."""
     _run_files(
-        "/v1/audio/transcriptions",
+        TRANSCRIPTIONS,
         files,
         model=model,
         response_format=response_format,
@@ -224,7 +225,7 @@ def translate(
 ) -> None:
     """Speech in any language to English text, with a progress bar."""
     _run_files(
-        "/v1/audio/translations",
+        TRANSLATIONS,
         files,
         model=model,
         response_format=response_format,

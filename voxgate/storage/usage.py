@@ -86,22 +86,22 @@ _HOLD = (
     .values(reserved_micros=_KEYS.c.reserved_micros + bindparam("b_cost"))
 )
 _INSERT = insert(_USAGE)
+#: The outcome a settle writes into a row (closing it, or correcting one the reaper closed).
+_OUTCOME: dict[str, Any] = {
+    "status": bindparam("b_status"),
+    "http_status": bindparam("b_http_status"),
+    "input_audio_ms": bindparam("b_input_audio_ms"),
+    "input_characters": bindparam("b_input_characters"),
+    "output_audio_ms": bindparam("b_output_audio_ms"),
+    "cost_micros": bindparam("b_cost"),
+    "latency_ms": bindparam("b_latency_ms"),
+    "finished_at": bindparam("b_finished_at"),
+}
 #: Close a row, only while it is pending (so only once).
 _CLOSE = (
     update(_USAGE)
     .where(_USAGE.c.request_id == bindparam("b_request"), _USAGE.c.status == "pending")
-    .values(
-        route=bindparam("b_route"),
-        status=bindparam("b_status"),
-        http_status=bindparam("b_http_status"),
-        input_audio_ms=bindparam("b_input_audio_ms"),
-        input_characters=bindparam("b_input_characters"),
-        output_audio_ms=bindparam("b_output_audio_ms"),
-        cost_micros=bindparam("b_cost"),
-        reserved_micros=0,
-        latency_ms=bindparam("b_latency_ms"),
-        finished_at=bindparam("b_finished_at"),
-    )
+    .values(route=bindparam("b_route"), reserved_micros=0, **_OUTCOME)
 )
 #: Turn a settled row's hold into spend.
 _SPEND = (
@@ -116,16 +116,7 @@ _SPEND = (
 _CORRECT = (
     update(_USAGE)
     .where(_USAGE.c.request_id == bindparam("b_request"), _USAGE.c.status == "interrupted")
-    .values(
-        status=bindparam("b_status"),
-        http_status=bindparam("b_http_status"),
-        input_audio_ms=bindparam("b_input_audio_ms"),
-        input_characters=bindparam("b_input_characters"),
-        output_audio_ms=bindparam("b_output_audio_ms"),
-        cost_micros=bindparam("b_cost"),
-        latency_ms=bindparam("b_latency_ms"),
-        finished_at=bindparam("b_finished_at"),
-    )
+    .values(**_OUTCOME)
 )
 _ADD_SPEND = (
     update(_KEYS)
