@@ -97,6 +97,7 @@ breaker_cooldown_s = 1.5
             _stt("up-flaky", "fake:flaky-1"),
             _stt("up-reset", "fake:reset", "fake:whisper-1"),
             _stt("up-429-local", "fake:fail-429", "local:whisper-base"),
+            _stt("up-local-first", "local:whisper-base", "fake:whisper-1"),
             _stt("up-bad", "fake:bad-request", "local:whisper-base"),
             _stt("up-auth", "authp:auth-fail"),
             _stt("up-inflate", "fake:inflate"),
@@ -271,6 +272,18 @@ def test_a_shipped_local_model_names_its_route_too(
     assert response.status_code == 200
     assert response.headers["x-voxgate-route"] == "local:piper-joe"
     assert _row(gateway_db, response.headers["x-request-id"])["route"] == "local:piper-joe"
+
+
+def test_a_chain_that_starts_with_the_local_engines_is_served_there(
+    gateway: Server, fake: FakeUpstream
+) -> None:
+    """A config-file model whose first target is local (start-up used to refuse it, taking
+    it for a local model without an engine)."""
+    response = _transcribe(gateway, "up-local-first", _clip())
+    assert response.status_code == 200, response.text
+    assert response.headers["x-voxgate-route"] == "local:whisper-base"
+    assert "belly" in response.json()["text"].lower()
+    assert fake.requests() == []
 
 
 # --- retries, fallback, breaker ------------------------------------------------------------

@@ -39,7 +39,8 @@ class LocalProvider:
         self._settings = settings
         self._model_engines: dict[str, str] = {}
         for model in catalog.models():
-            if model.provider == self.name:
+            # A config-file model whose chain starts here is served by its targets' models.
+            if model.provider == self.name and not model.serve:
                 if model.engine is None:
                     raise ValueError(f"local model {model.id} must name its engine")
                 self._model_engines[model.id] = model.engine
