@@ -274,6 +274,25 @@ def test_a_shipped_local_model_names_its_route_too(
     assert _row(gateway_db, response.headers["x-request-id"])["route"] == "local:piper-joe"
 
 
+def test_a_shipped_local_transcription_model_takes_the_same_path(
+    gateway: Server, gateway_db: str, metered_key: str
+) -> None:
+    """whisper-1 (an alias of the local whisper-base) walks its implicit chain like any model."""
+    with gateway.http_for(metered_key) as http:
+        response = http.post(
+            "/v1/audio/transcriptions",
+            data={"model": "whisper-1"},
+            files={"file": ("clip.flac", _clip(), "audio/flac")},
+        )
+    assert response.status_code == 200, response.text
+    assert "belly" in response.json()["text"].lower()
+    assert response.headers["x-voxgate-route"] == "local:whisper-base"
+    assert response.headers["x-voxgate-model"] == "whisper-base"
+    row = _row(gateway_db, response.headers["x-request-id"])
+    assert row["route"] == "local:whisper-base"
+    assert row["input_audio_ms"] == pytest.approx(SHORT_CLIP_S * 1000, abs=20)
+
+
 def test_a_chain_that_starts_with_the_local_engines_is_served_there(
     gateway: Server, fake: FakeUpstream
 ) -> None:
@@ -283,6 +302,22 @@ def test_a_chain_that_starts_with_the_local_engines_is_served_there(
     assert response.status_code == 200, response.text
     assert response.headers["x-voxgate-route"] == "local:whisper-base"
     assert "belly" in response.json()["text"].lower()
+    assert fake.requests() == []
+
+
+def test_the_local_engines_checks_are_the_same_on_every_chain(
+    gateway: Server, fake: FakeUpstream
+) -> None:
+    """One local path: a language outside the candidates is refused for a shipped alias and a
+    routed model alike (the routed path used to skip this check and transcribe)."""
+    for model in ("whisper-1", "up-local-first"):
+        with gateway.http() as http:
+            refused = http.post(
+                "/v1/audio/transcriptions",
+                data={"model": model, "language": "en", "languages[]": "de"},
+                files={"file": ("clip.flac", _clip(), "audio/flac")},
+            )
+        assert_error_envelope(refused, 400, "languages")
     assert fake.requests() == []
 
 

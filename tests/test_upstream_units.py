@@ -18,7 +18,12 @@ from sqlalchemy import create_engine, inspect
 from voxgate.audio import measure_duration, wav_duration
 from voxgate.catalog import Catalog
 from voxgate.errors import AudioTooLong, InvalidAudio
-from voxgate.providers.config import ConfigError, apply_to_catalog, load_upstream_config
+from voxgate.providers.config import (
+    ConfigError,
+    Target,
+    apply_to_catalog,
+    load_upstream_config,
+)
 from voxgate.providers.upstream.breaker import Breaker
 from voxgate.services.routing import backoff_s
 from voxgate.storage.db import Database
@@ -56,6 +61,22 @@ def test_the_issues_example_loads(tmp_path: Path) -> None:
     assert catalog.get("tts-1").alias_of is None  # the shipped alias was replaced
     assert catalog.get("tts-1").resolve_voice("nova") == "nova"  # passed on to the upstream
     assert catalog.get("whisper-base").model.provider == "local"
+
+
+def test_every_model_has_a_chain_a_shipped_one_is_itself_on_the_local_engines(
+    tmp_path: Path,
+) -> None:
+    """One path for every request: the relay walks each model's chain, so none may be empty."""
+    text = PROVIDER + _model("acme-whisper", STT, "acme:whisper-1", "local:whisper-base")
+    for catalog in (Catalog.load(), _load(tmp_path, text)):
+        for entry in catalog:
+            chain = [Target.parse(label) for label in entry.model.chain]
+            assert chain, entry.id
+            if not entry.model.serve:  # shipped: aliases run their target model locally
+                assert [t.label for t in chain] == [f"local:{entry.model.id}"], entry.id
+    routed = _load(tmp_path, text).get("acme-whisper").model
+    assert routed.chain == ("acme:whisper-1", "local:whisper-base")
+    assert Catalog.load().get("whisper-1").model.chain == ("local:whisper-base",)
 
 
 @pytest.mark.parametrize(

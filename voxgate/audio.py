@@ -264,11 +264,6 @@ class MeasuredAudio:
     duration_s: float
     pieces: Callable[[], Iterator[np.ndarray]]
 
-    @classmethod
-    def of(cls, samples: np.ndarray) -> MeasuredAudio:
-        """Audio already in memory (warm-up, tests)."""
-        return cls(len(samples) / WHISPER_SAMPLE_RATE, lambda: iter((samples,)))
-
 
 def pcm_pieces(
     source: BinaryIO, *, max_s: float, measured_s: float | None = None

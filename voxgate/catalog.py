@@ -85,7 +85,7 @@ class ModelSpec(_Strict):
     languages: tuple[str, ...] = ()
     voices: tuple[Voice, ...] = ()
     default_voice: str | None = None
-    #: targets tried in order, ``provider:upstream-model`` (config-file models; empty: local)
+    #: targets tried in order, ``provider:upstream-model`` (config-file models; see ``chain``)
     serve: tuple[str, ...] = ()
 
     @model_validator(mode="after")
@@ -102,6 +102,13 @@ class ModelSpec(_Strict):
             if voice.id.lower() == wanted:
                 return voice
         return next((voice for voice in self.voices if wanted in voice.openai), None)
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        """The targets that serve this model, in order: a model is never without one. A shipped
+        model's is implicit, itself on its own provider (``local:whisper-base``); every request
+        walks its chain the same way (``services/relay.py``)."""
+        return self.serve or (f"{self.provider}:{self.id}",)
 
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:

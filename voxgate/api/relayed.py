@@ -1,4 +1,5 @@
-"""A routed request's ``Delivery`` as the HTTP response that streams it."""
+"""A ``Delivery`` (an upstream's body, or the local engine's encoded speech) as the HTTP
+response that streams it."""
 
 from __future__ import annotations
 

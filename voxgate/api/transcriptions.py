@@ -22,21 +22,16 @@ from voxgate.api.deps import CleanupDep, ServicesDep, TicketDep
 from voxgate.api.errors import validation_response
 from voxgate.api.forms import read_form
 from voxgate.api.relayed import streaming
-from voxgate.catalog import TRANSCRIPTIONS, TRANSLATIONS, CatalogEntry, Endpoint
+from voxgate.catalog import TRANSCRIPTIONS, TRANSLATIONS, Endpoint
 from voxgate.concurrency import ClientDisconnected, cancel_on_disconnect
 from voxgate.errors import InvalidRequest
 from voxgate.providers.base import Segment, Task, Transcription
 from voxgate.services.container import Services
 from voxgate.services.guards import GuardReport, guard_transcription
 from voxgate.services.metering import Ticket
-from voxgate.services.relay import (
-    ROUTE_HEADER,
-    Delivery,
-    TranscriptionRequest,
-    relay_transcription,
-)
+from voxgate.services.relay import Delivery, relay_transcription
 from voxgate.services.speech import close_quietly
-from voxgate.services.transcription import start_transcription, vad_options
+from voxgate.services.transcription import TranscriptionRequest
 from voxgate.uploads import SpooledUpload
 
 router = APIRouter()
@@ -89,8 +84,7 @@ async def _handle(
     cleanup.push_async_callback(form.close)
     upload = form.get("file")
     fields = _form_fields(form)
-    routed = _routed_entry(services, fields.get("model"))
-    if routed is not None:
+    if _relays_fields(services, fields.get("model")):
         # Fields this server does not know are passed on to the upstream as sent.
         fields = {k: v for k, v in fields.items() if k in schemas.TranscriptionForm.model_fields}
     try:
@@ -108,68 +102,43 @@ async def _handle(
     words = "word" in options.timestamp_granularities
     logprobs = "logprobs" in options.include
     times = request.headers.get(SEGMENT_TIMES_HEADER, "").lower() in ("1", "true", "on")
-    route_headers: dict[str, str] = {}
-    if entry.model.serve:
-        if any(target.local for target in services.router.chain(entry)):
-            _check_combinations(options)  # what a local fallback could not honour
-        relayed = relay_transcription(
-            services.router,
-            services.catalog,
-            ticket,
-            entry,
-            TranscriptionRequest(
-                task=task,
-                path=endpoint.removeprefix("/v1/"),
-                fields=_raw_fields(form),
-                options=options,
-                upload=SpooledUpload(
-                    upload.file,
-                    upload.size or 0,
-                    upload.filename or "audio",
-                    upload.content_type or "application/octet-stream",
-                ),
-                max_s=services.settings.max_audio_seconds,
-                word_timestamps=words or logprobs,
-            ),
-            cleanup,
-        )
-        try:
-            result = await cancel_on_disconnect(request.receive, relayed)
-        except ClientDisconnected:
-            return Response(status_code=499)
-        if isinstance(result, Delivery):
-            return streaming(result)
-        # Fell back to the local engine: rendered as any local transcription.
-        transcription = result.transcription
-        cleanup.push_async_callback(close_quietly, transcription.segments)
-        route_headers = {ROUTE_HEADER: result.route.label}
-    else:
-        _check_combinations(options)  # word timestamps imply verbose_json from here on
-        # The body is read: from here a client that leaves is noticed, in the engine's queue
-        # and while its upload is decoded as well as during inference.
-        started = start_transcription(
-            services,
-            ticket,
-            upload.file,
+    if any(target.local for target in services.router.chain(entry)):
+        _check_combinations(options)  # what the local engine cannot honour
+    relayed = relay_transcription(
+        services.router,
+        services.catalog,
+        ticket,
+        entry,
+        TranscriptionRequest(
             task=task,
-            language=options.language,
-            prompt=options.prompt,
-            temperature=options.temperature,
+            path=endpoint.removeprefix("/v1/"),
+            fields=_raw_fields(form),
+            options=options,
+            upload=SpooledUpload(
+                upload.file,
+                upload.size or 0,
+                upload.filename or "audio",
+                upload.content_type or "application/octet-stream",
+            ),
+            max_s=services.settings.max_audio_seconds,
             word_timestamps=words or logprobs,
-            keywords=tuple(options.keywords or ()),
-            languages=tuple(options.languages or ()),
-            stream=options.stream,
             # Streamed deltas carry times only when asked for (SEGMENT_TIMES_HEADER).
             segment_times=times if options.stream else options.response_format in _TIMED_FORMATS,
-            chunking=vad_options(options.chunking_strategy),
-        )
-        try:
-            transcription = await cancel_on_disconnect(request.receive, started)
-        except ClientDisconnected:
-            return Response(status_code=499)
-        cleanup.push_async_callback(close_quietly, transcription.segments)
-        ticket.route = f"local:{entry.model.id}"
-        route_headers = {ROUTE_HEADER: ticket.route}
+        ),
+        cleanup,
+    )
+    # The body is read: from here a client that leaves is noticed, in the engine's queue and
+    # while its upload is measured as well as during inference or an upstream's answer.
+    try:
+        result = await cancel_on_disconnect(request.receive, relayed)
+    except ClientDisconnected:
+        return Response(status_code=499)
+    if isinstance(result, Delivery):
+        return streaming(result)
+    # The local engine serves it: rendered here in the client's format.
+    transcription = result.transcription
+    cleanup.push_async_callback(close_quietly, transcription.segments)
+    route_headers = result.headers
     report = guard_transcription(transcription) if services.settings.transcript_guards else None
     if options.stream:
         events = _stream_events(
@@ -196,9 +165,11 @@ async def _handle(
     return Response(body, media_type=media_type, headers=route_headers)
 
 
-def _routed_entry(services: Services, model: object) -> CatalogEntry | None:
+def _relays_fields(services: Services, model: object) -> bool:
+    """Whether ``model``'s chain has a remote target, which gets the fields as sent (the local
+    engine refuses a field it does not know)."""
     entry = services.catalog.entries.get(model) if isinstance(model, str) else None
-    return entry if entry is not None and entry.model.serve else None
+    return entry is not None and not all(t.local for t in services.router.chain(entry))
 
 
 def _raw_fields(form: FormData) -> list[tuple[str, str]]:

@@ -2,8 +2,9 @@
 
 A provider turns a job into domain objects: a transcription provider yields ``Segment``s, a speech
 provider yields ``PcmChunk``s. Providers know nothing of HTTP, output formats or wire schemas:
-the API renders. The embedded engines are the provider named ``local``; remote OpenAI-compatible
-upstreams will implement the same two protocols.
+the API renders. The embedded engines are the provider named ``local``, one target among others
+in a model's chain; a remote OpenAI-compatible upstream (``providers/upstream/``) answers in the
+client's own format, so the relay passes its bytes on instead of domain objects.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from voxgate.audio import MeasuredAudio
+from voxgate.audio import MeasuredAudio, pcm_pieces
 from voxgate.audio_windows import AUTO, VadOptions
+from voxgate.uploads import SpooledUpload
 
 Task = Literal["transcribe", "translate"]
 
@@ -46,23 +48,29 @@ class Segment:
     words: tuple[Word, ...] = ()
 
 
-AudioLoader = Callable[[], Awaitable[MeasuredAudio]]
+#: Metering's one step in a transcription job, taken once the provider has admitted it (the local
+#: engine: in its slot) and before any engine work: count the upload's seconds, refusing what
+#: the key cannot afford, and reserve their cost. Returns the seconds billed; raises to refuse.
+#: The provider knows nothing else of metering.
+Admit = Callable[[], Awaitable[float]]
 
 
 @dataclass(frozen=True)
 class TranscriptionJob:
     """What to transcribe and how.
 
-    ``load_audio`` measures the audio (decoding the upload once, keeping nothing, and
-    reserving its cost) and returns it ready to be decoded again piece by piece. A provider
-    awaits it only once it has admitted the job (the local engine: in its engine slot), so
-    decoding runs under the same admission as inference, and a job refused or abandoned in the
-    queue is never decoded and holds no reservation. ``chunking`` is the VAD the audio is
-    windowed and chunked with (``audio_windows``).
+    ``upload`` is the spooled file itself: a provider reads it through readers of its own
+    (``upload.reader()``), so any number of attempts go over the same bytes. The local engine
+    awaits ``admit`` in its engine slot, so measuring runs under the same admission as
+    inference and a job refused or abandoned in the queue is never decoded and holds no
+    reservation; it then decodes at most ``max_s`` and what ``admit`` measured (``pcm_pieces``).
+    ``chunking`` is the VAD the audio is windowed and chunked with (``audio_windows``).
     """
 
     engine_model: str
-    load_audio: AudioLoader
+    upload: SpooledUpload
+    admit: Admit
+    max_s: float
     task: Task = "transcribe"
     language: str | None = None
     prompt: str | None = None
@@ -79,6 +87,13 @@ class TranscriptionJob:
     # saves the local engine its word-alignment pass.
     segment_times: bool = True
     chunking: VadOptions = AUTO
+
+    def audio(self, measured_s: float) -> MeasuredAudio:
+        """The upload, once ``admit`` measured it, to be decoded again piece by piece."""
+        return MeasuredAudio(
+            measured_s,
+            lambda: pcm_pieces(self.upload.reader(), max_s=self.max_s, measured_s=measured_s),
+        )
 
 
 @dataclass

@@ -1,17 +1,28 @@
-"""The life of one routed request (a model with a ``serve`` chain), owned in one place:
+"""The life of every speech, transcription and translation request, owned in one place:
 
 authorize (the handler, via the ticket) → measure → reserve → route/attempt/fallback →
 deliver → settle (the gateway, once the last byte left or the client did).
 
-- **Measure**: an upload is billed on the seconds voxgate itself counts by demuxing it
-  (``audio.measure_duration``), never on an upstream's ``usage`` or ``duration``. It runs in a
-  thread while the first attempt is already under way, so it adds no latency; nothing is
-  delivered before its cost is reserved (the reservation, too, runs alongside the first
-  attempt; a local target waits for it). Speech is billed on input characters, as locally.
+Every model has a chain of targets (``Router.chain``; a shipped model's is just itself on the
+local engines), so there is one way to serve a request: walk the chain. The local engines are a
+target like any other; which target comes first decides how the cost is measured and held.
+
+- **Measure**: an upload is billed on the seconds voxgate itself counts, never on its header's
+  claim or an upstream's ``usage`` or ``duration``. With a local first target the header is read
+  first (``probe_duration``, no decoding) and a key that cannot afford what it states is refused
+  before anything else; the upload is then measured in the engine's slot, once admitted
+  (``AudioMeter``, bounded by ``VOXGATE_MAX_AUDIO_SECONDS`` and by what the key can afford,
+  stopped when the client leaves), and reserved before any inference. With a remote first
+  target it is demuxed in a thread (``measure_duration``) while the first attempt is already
+  under way, so it adds no latency; nothing is delivered before its cost is reserved.
+  Speech is billed on input characters: reserved after the local checks (what can be spoken,
+  the voice) and before any engine work, or alongside a remote attempt.
 - **Route**: ``Router.walk`` tries the chain; each remote attempt sends the spooled upload
   anew, byte for byte, from disk (``MultipartBody``), with the provider's key only.
-- **Deliver**: the upstream's body is relayed chunk by chunk as it arrives, untouched (same
-  format: voxgate asks the upstream for exactly what the client asked for, so nothing is
+- **Deliver**: the local engine's speech is encoded chunk by chunk once its first chunk exists
+  (so an engine error is still a clean JSON error); its transcription is handed back for the
+  handler to render. An upstream's body is relayed chunk by chunk as it arrives, untouched
+  (same format: voxgate asks the upstream for exactly what the client asked for, so nothing is
   re-encoded). Once a byte went out there is no retry: an upstream that breaks off midway
   ends the client's stream as an error (no terminating chunk), never as a short success.
   A client that leaves closes the upstream request at once.
@@ -27,21 +38,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import anyio
 import httpx
 
 from voxgate import schemas
-from voxgate.audio import MeasuredAudio, measure_duration, media_type, pcm_pieces
+from voxgate.audio import (
+    AudioMeter,
+    audio_too_long,
+    measure_duration,
+    media_type,
+    probe_duration,
+)
 from voxgate.catalog import Catalog, CatalogEntry
-from voxgate.concurrency import run_in_thread
+from voxgate.concurrency import iterate_in_thread, run_in_thread
 from voxgate.errors import InvalidRequest, UpstreamFailed
-from voxgate.providers.base import SpeechJob, Task, Transcription, TranscriptionJob
+from voxgate.providers.base import SpeechJob, Transcription, TranscriptionJob
 from voxgate.providers.config import Target
 from voxgate.providers.upstream.client import AttemptFailed, UpstreamClient
 from voxgate.providers.upstream.multipart import MultipartBody
@@ -54,7 +72,7 @@ from voxgate.services.speech import (
     sse_events,
     whole_clip,
 )
-from voxgate.services.transcription import check_language, vad_options
+from voxgate.services.transcription import TranscriptionRequest, engine_job
 from voxgate.uploads import SpooledUpload
 
 log = logging.getLogger("voxgate.relay")
@@ -76,10 +94,37 @@ class Delivery:
 
 @dataclass
 class LocalTranscription:
-    """The chain fell through to the local engine: the handler renders it as locally."""
+    """The local engine serves it: segments for the handler to render in the client's format."""
 
     route: Target
     transcription: Transcription
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class _Once(Generic[T]):
+    """One metering step shared by a request's attempts (measure, reserve), taken by the first
+    attempt that needs it: inline (``run``, cancelled with its attempt: the local engine) or as
+    a task alongside the attempt (``start``: a remote one). Later attempts reuse its result."""
+
+    def __init__(self) -> None:
+        self._done: asyncio.Future[T] | None = None
+
+    async def run(self, step: Callable[[], Awaitable[T]]) -> T:
+        if self._done is not None:
+            return await asyncio.shield(self._done)
+        value = await step()
+        self._done = asyncio.get_running_loop().create_future()
+        self._done.set_result(value)
+        return value
+
+    def start(self, step: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
+        if self._done is None:
+            self._done = asyncio.ensure_future(step())
+        return self._done
+
+    async def cancel(self) -> None:
+        if self._done is not None:
+            await _cancel(self._done)
 
 
 @dataclass
@@ -133,7 +178,13 @@ async def _relay(opened: _Opened, ticket: Ticket, on_bytes: Any) -> AsyncGenerat
 
 
 def _route_headers(target: Target, entry: CatalogEntry) -> dict[str, str]:
-    return {ROUTE_HEADER: target.label, "x-voxgate-model": entry.id}
+    return {ROUTE_HEADER: target.label, "x-voxgate-model": entry.model.id}
+
+
+def _local_model(catalog: Catalog, entry: CatalogEntry, target: Target) -> CatalogEntry:
+    """The catalog entry a local target runs: ``entry`` itself when the target is its own
+    model (a shipped model or alias, so errors name the id the client sent)."""
+    return entry if target.model == entry.model.id else catalog.get(target.model)
 
 
 # --- speech -----------------------------------------------------------------------------------
@@ -148,18 +199,27 @@ async def relay_speech(
     raw: dict[str, Any],
     cleanup: AsyncExitStack,
 ) -> Delivery:
-    """Speech for a routed model. ``raw`` is the client's JSON, passed on as it was sent
-    (only ``model`` is replaced by each target's upstream model name)."""
+    """Speech for any model. ``raw`` is the client's JSON, passed on to an upstream as it was
+    sent (only ``model`` is replaced by each target's upstream model name)."""
     characters = len(body.input)
-    # Reserved while the first attempt is under way; nothing is delivered before it holds.
-    reserved = asyncio.create_task(ticket.reserve(characters=characters))
-    cleanup.push_async_callback(_cancel, reserved)
+    reserved: _Once[None] = _Once()
+    cleanup.push_async_callback(reserved.cancel)
+
+    def reserve() -> Awaitable[None]:
+        return ticket.reserve(characters=characters)
+
+    async def hold() -> None:  # the local engine's: after its checks, before its queue
+        await reserved.run(reserve)
+
     voice = body.voice if isinstance(body.voice, str) else body.voice.id
 
     async def attempt(target: Target, client: UpstreamClient | None) -> Delivery:
         if client is None:
-            await asyncio.shield(reserved)  # no engine time for what the key cannot pay
-            return await _local_speech(router, catalog, ticket, target, body, voice, cleanup)
+            local = _local_model(catalog, entry, target)
+            return await _local_speech(
+                router, local, local is entry, target, body, voice, hold, ticket, cleanup
+            )
+        reserved.start(reserve)
         opened = await _open(
             client, "audio/speech", prefetch=True, json_body={**raw, "model": target.model}
         )
@@ -181,13 +241,17 @@ async def relay_speech(
         kind = opened.response.headers.get("content-type") or media_type(body.response_format)
         return Delivery(target, kind, stream, opened.response.status_code)
 
-    target, delivery = await _alongside(reserved, router.walk(entry, attempt))
+    if router.chain(entry)[0].local:
+        target, delivery = await router.walk(entry, attempt)
+    else:  # reserved while the first attempt is under way
+        target, delivery = await _alongside(reserved.start(reserve), router.walk(entry, attempt))
+    await reserved.run(reserve)  # a remote fallback: nothing is delivered before it holds
     ticket.route = target.label
     delivery.headers.update(_route_headers(target, entry))
     return delivery
 
 
-async def _alongside(check: asyncio.Task[Any], work: Awaitable[T]) -> T:
+async def _alongside(check: asyncio.Future[Any], work: Awaitable[T]) -> T:
     """``work`` and ``check`` at once; ``check``'s error (a quota refused, audio that is not
     audio) wins and cancels ``work``, whose opened responses ``cleanup`` closes."""
     task = asyncio.ensure_future(work)
@@ -207,24 +271,33 @@ async def _alongside(check: asyncio.Task[Any], work: Awaitable[T]) -> T:
 
 async def _local_speech(
     router: Router,
-    catalog: Catalog,
-    ticket: Ticket,
+    local: CatalogEntry,
+    own_model: bool,
     target: Target,
     body: schemas.SpeechRequest,
     voice: str,
+    hold: Callable[[], Awaitable[None]],
+    ticket: Ticket,
     cleanup: AsyncExitStack,
 ) -> Delivery:
-    local = catalog.get(target.model)
+    """The local engine's speech. The checks come first (an input with nothing to speak, an
+    unknown voice: 400), then the reservation, then the engine: its queue, then its first
+    chunk, awaited before answering so an engine error is still a clean JSON error (a client
+    that leaves meanwhile leaves the queue at once and its reservation is released)."""
     spoken = speakable_text(body.input)
     if not any(char.isalnum() for char in spoken):
         raise InvalidRequest("The input contains nothing that can be spoken.", param="input")
-    try:
+    if own_model:
         engine_voice = local.resolve_voice(voice)
-    except InvalidRequest:  # a voice of the upstream's: the local model speaks its default
-        engine_voice = local.model.default_voice or voice
+    else:
+        try:
+            engine_voice = local.resolve_voice(voice)
+        except InvalidRequest:  # a fallback, asked for an upstream's voice: speaks its default
+            engine_voice = local.model.default_voice or voice
     job = SpeechJob(engine_model=local.model.id, text=spoken, voice=engine_voice, speed=body.speed)
     chunks = router.local.synthesize(job)
     cleanup.push_async_callback(close_quietly, chunks)
+    await hold()  # no engine time for what the key cannot pay
     first = await anext(chunks, None)
     if first is None:
         raise InvalidRequest("The input contains nothing that can be spoken.", param="input")
@@ -249,20 +322,6 @@ def _content_length(response: httpx.Response) -> int | None:
 # --- transcription and translation ------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TranscriptionRequest:
-    """A parsed form: ``fields`` exactly as the client sent them (order kept, file left
-    out), for the upstream; ``options`` the same, validated, for a local fallback."""
-
-    task: Task
-    path: str  # relative to the provider's base URL: audio/transcriptions or audio/translations
-    fields: Sequence[tuple[str, str]]
-    options: schemas.TranscriptionForm
-    upload: SpooledUpload
-    max_s: float
-    word_timestamps: bool = False
-
-
 async def relay_transcription(
     router: Router,
     catalog: Catalog,
@@ -271,16 +330,31 @@ async def relay_transcription(
     request: TranscriptionRequest,
     cleanup: AsyncExitStack,
 ) -> Delivery | LocalTranscription:
-    """Transcribe or translate for a routed model; the cost is reserved on the measured
-    duration (concurrently with the first attempt) before anything is delivered."""
-    measured = asyncio.create_task(_measure_and_reserve(ticket, request.upload, request.max_s))
+    """Transcribe or translate for any model; the cost is reserved on the measured duration
+    before any engine work or anything is delivered (see the module's docstring)."""
+    chain = router.chain(entry)
+    seconds: _Once[float] = _Once()
+    cleanup.push_async_callback(seconds.cancel)
+    allowance_s: float | None = None
+
+    def measure_alongside() -> Awaitable[float]:
+        return _measure_and_reserve(ticket, request.upload, request.max_s)
+
+    async def admit() -> float:  # the local engine's job, in its slot
+        return await seconds.run(
+            lambda: _meter_and_reserve(ticket, request.upload, request.max_s, allowance_s)
+        )
+
+    @functools.cache
+    def local_job(target: Target) -> TranscriptionJob:
+        return engine_job(_local_model(catalog, entry, target), request, admit)
 
     async def attempt(
         target: Target, client: UpstreamClient | None
     ) -> Delivery | LocalTranscription:
         if client is None:
-            seconds = await asyncio.shield(measured)
-            return await _local_transcription(router, catalog, ticket, target, request, seconds)
+            return LocalTranscription(target, await router.local.transcribe(local_job(target)))
+        measured = seconds.start(measure_alongside)
         fields = [(k, target.model if k == "model" else v) for k, v in request.fields]
         multipart = MultipartBody(fields, request.upload)
         opened = await _open(
@@ -304,11 +378,17 @@ async def relay_transcription(
             return Delivery(target, kind, body, opened.response.status_code)
         return _relayed_transcription(target, opened, ticket, measured)
 
-    cleanup.push_async_callback(_cancel, measured)
-    target, result = await _alongside(measured, router.walk(entry, attempt))
+    if chain[0].local:
+        local_job(chain[0])  # a language the model does not know: 400 before the upload is read
+        allowance_s = await _check_header(ticket, request.upload, request.max_s)
+        target, result = await router.walk(entry, attempt)
+    else:  # measured while the first attempt is under way
+        target, result = await _alongside(
+            seconds.start(measure_alongside), router.walk(entry, attempt)
+        )
+    await seconds.start(measure_alongside)  # a remote fallback: nothing delivered before it
     ticket.route = target.label
-    if isinstance(result, Delivery):
-        result.headers.update(_route_headers(target, entry))
+    result.headers.update(_route_headers(target, entry))
     return result
 
 
@@ -322,7 +402,7 @@ def _small_answer(response: httpx.Response) -> bool:
 
 
 def _relayed_transcription(
-    target: Target, opened: _Opened, ticket: Ticket, measured: asyncio.Task[float]
+    target: Target, opened: _Opened, ticket: Ticket, measured: asyncio.Future[float]
 ) -> Delivery:
     delivered = False
 
@@ -337,53 +417,42 @@ def _relayed_transcription(
     return Delivery(target, kind, stream, opened.response.status_code)
 
 
+async def _check_header(ticket: Ticket, upload: SpooledUpload, max_s: float) -> float | None:
+    """Before admission to the local engine: the length the header states (read, not decoded)
+    is refused at once when the key cannot afford it (429) or it is over ``max_s`` (400).
+    Returns the seconds the key can afford (None: no bound)."""
+    stated_s = await run_in_thread(probe_duration, upload.reader())
+    allowance_s = await ticket.audio_allowance(stated_s)
+    if stated_s is not None and stated_s > max_s:
+        raise audio_too_long(max_s)
+    return allowance_s
+
+
+async def _meter_and_reserve(
+    ticket: Ticket, upload: SpooledUpload, max_s: float, allowance_s: float | None
+) -> float:
+    """In the engine's slot: measure in a worker thread (packets' durations; decoding only
+    when they are missing), refusing (429) as soon as the audio passes what the key could
+    afford (re-checked then, in case the budget or bucket has room again); then reserve. The
+    pass keeps no samples, so memory does not grow with the length of the upload."""
+    meter = AudioMeter(upload.reader(), max_s=max_s)
+    progress = cast(AsyncGenerator[float, None], iterate_in_thread(meter.run))
+    async with aclosing(progress):
+        async for decoded_s in progress:
+            if allowance_s is not None and decoded_s > allowance_s:
+                allowance_s = await ticket.audio_allowance(decoded_s)
+    await ticket.reserve(audio_seconds=meter.measured_s)
+    return meter.measured_s
+
+
 async def _measure_and_reserve(ticket: Ticket, upload: SpooledUpload, max_s: float) -> float:
     seconds = await run_in_thread(lambda: measure_duration(upload.reader(), max_s=max_s))
     await ticket.reserve(audio_seconds=seconds)
     return seconds
 
 
-async def _cancel(task: asyncio.Task[Any]) -> None:
+async def _cancel(task: asyncio.Future[Any]) -> None:
     if not task.done():
         task.cancel()
         with contextlib.suppress(BaseException):
             await task
-
-
-async def _local_transcription(
-    router: Router,
-    catalog: Catalog,
-    ticket: Ticket,
-    target: Target,
-    request: TranscriptionRequest,
-    seconds: float,
-) -> LocalTranscription:
-    local = catalog.get(target.model)
-    options = request.options
-    code = check_language(local, options.language) if options.language else None
-
-    async def load_audio() -> MeasuredAudio:
-        # Billed on the measured seconds (already reserved); the decode is for the engine.
-        return MeasuredAudio(
-            seconds,
-            lambda: pcm_pieces(request.upload.reader(), max_s=request.max_s, measured_s=seconds),
-        )
-
-    job = TranscriptionJob(
-        engine_model=local.model.id,
-        load_audio=load_audio,
-        task=request.task,
-        language=code,
-        prompt=options.prompt,
-        temperature=options.temperature,
-        word_timestamps=request.word_timestamps,
-        keywords=tuple(options.keywords or ()),
-        languages=tuple(
-            dict.fromkeys(check_language(local, x, "languages") for x in options.languages or ())
-        ),
-        stream=options.stream,
-        segment_times=options.response_format in ("srt", "vtt", "verbose_json")
-        and not options.stream,
-        chunking=vad_options(options.chunking_strategy),
-    )
-    return LocalTranscription(target, await router.local.transcribe(job))

@@ -1,7 +1,8 @@
 """Model id → the chain of targets that may serve it, walked with retries, breakers, fallback.
 
-A shipped model is served by the local engines (its chain is ``local:<model id>``). A model from
-the config file lists its ``serve`` targets, tried in order:
+Every model has a chain (``ModelSpec.chain``): a shipped model's is implicit, the local engines
+alone (``local:<model id>``); a model from the config file lists its ``serve`` targets, tried in
+order:
 
 - a remote target is skipped at once while its provider's breaker is open;
 - a failed attempt (connection error, timeout, 408/409/429/5xx, all before the first byte) is
@@ -32,7 +33,6 @@ from voxgate.errors import (
     VoxgateError,
 )
 from voxgate.metrics import count_fallback, count_upstream_attempt
-from voxgate.providers.base import SpeechProvider, TranscriptionProvider
 from voxgate.providers.config import Target
 from voxgate.providers.local import LocalProvider
 from voxgate.providers.upstream.client import AttemptFailed, UpstreamClient
@@ -55,26 +55,8 @@ class Router:
         self.upstreams = upstreams
 
     def chain(self, entry: CatalogEntry) -> tuple[Target, ...]:
-        if entry.model.serve:
-            return tuple(Target.parse(text) for text in entry.model.serve)
-        return (Target(entry.model.provider, entry.model.id),)
-
-    def transcription_provider(self, entry: CatalogEntry) -> TranscriptionProvider:
-        """The provider of a model served locally only (its chain has no remote target)."""
-        self._local_only(entry)
-        return self.local
-
-    def speech_provider(self, entry: CatalogEntry) -> SpeechProvider:
-        self._local_only(entry)
-        return self.local
-
-    def _local_only(self, entry: CatalogEntry) -> None:
-        if entry.model.provider != "local":
-            raise UnsupportedModel(
-                f"Model '{entry.id}' names provider '{entry.model.provider}', which is not "
-                "configured on this server.",
-                param="model",
-            )
+        """``entry``'s targets in the order they are tried (a shipped model: just itself)."""
+        return tuple(Target.parse(text) for text in entry.model.chain)
 
     async def walk(self, entry: CatalogEntry, attempt: Attempt[T]) -> tuple[Target, T]:
         """Run ``attempt`` on each target in turn until one succeeds; returns which and what.

@@ -1,4 +1,5 @@
-"""Text to speech: resolve the voice, start the provider, encode chunk by chunk."""
+"""Text to speech's helpers for the one path (``services/relay.py``): what can be spoken, when a
+clip is synthesised whole, and the engine's PCM encoded (or wrapped in SSE) chunk by chunk."""
 
 from __future__ import annotations
 
@@ -12,11 +13,9 @@ import anyio
 
 from voxgate import schemas
 from voxgate.audio import SpeechEncoder, SpeechFormat
-from voxgate.catalog import CatalogEntry
 from voxgate.concurrency import run_in_thread
-from voxgate.errors import InvalidRequest, VoxgateError
-from voxgate.providers.base import PcmChunk, SpeechJob
-from voxgate.services.container import Services
+from voxgate.errors import VoxgateError
+from voxgate.providers.base import PcmChunk
 from voxgate.services.metering import Ticket
 
 log = logging.getLogger("voxgate.speech")
@@ -52,23 +51,6 @@ def _unspoken(char: str) -> bool:
         return True
     code = ord(char)
     return any(low <= code <= high for low, high in _EMOJI_PARTS)
-
-
-def start_speech(
-    services: Services, entry: CatalogEntry, *, text: str, voice: str, speed: float
-) -> AsyncGenerator[PcmChunk, None]:
-    """Yield PCM as each sentence is synthesised. Raises on bad input before the first chunk.
-
-    Raises InvalidRequest at once (before any engine work) when nothing in ``text`` can be
-    spoken. The caller owns the generator and must close it (``close_quietly``) on every path.
-    """
-    spoken = speakable_text(text)
-    if not any(char.isalnum() for char in spoken):
-        raise InvalidRequest("The input contains nothing that can be spoken.", param="input")
-    job = SpeechJob(
-        engine_model=entry.model.id, text=spoken, voice=entry.resolve_voice(voice), speed=speed
-    )
-    return services.router.speech_provider(entry).synthesize(job)
 
 
 def whole_clip(response_format: SpeechFormat, text: str) -> bool:

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import itertools
 import os
 import time
+import wave
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ from voxgate.audio_windows import WINDOW_S, Stitcher, Window, Windower, speech_c
 from voxgate.concurrency import EngineGate, iterate_in_thread, run_in_engine_thread, run_in_thread
 from voxgate.memory import release_memory
 from voxgate.providers.base import Segment, Transcription, TranscriptionJob, Word
+from voxgate.uploads import SpooledUpload
 
 # Never let faster-whisper or huggingface_hub reach for the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -112,7 +115,7 @@ class WhisperEngine:
         """Hold an engine slot for the whole job, decoding included; yield ``_Started`` first,
         then segments. Waiting for the slot and decoding stop when the consumer is cancelled."""
         async with self.gate.slot() as deadline:
-            audio = await job.load_audio()
+            audio = job.audio(await job.admit())
             if deadline is not None:
                 deadline = deadline.with_audio(audio.duration_s)
             decode = functools.partial(self._decode, job, audio)
@@ -270,13 +273,25 @@ class WhisperEngine:
 
     async def warm_up(self) -> None:
         """Run one tiny decode so the first real request does not pay for lazy initialisation."""
+        silence = _silent_wav(WHISPER_SAMPLE_RATE)
+        upload = SpooledUpload(io.BytesIO(silence), len(silence), "warm-up.wav", "audio/wav")
 
-        async def one_second_of_silence() -> MeasuredAudio:
-            return MeasuredAudio.of(np.zeros(WHISPER_SAMPLE_RATE, dtype=np.float32))
+        async def admit() -> float:
+            return 1.0
 
-        job = TranscriptionJob(engine_model=_WARM_UP, load_audio=one_second_of_silence)
+        job = TranscriptionJob(engine_model=_WARM_UP, upload=upload, admit=admit, max_s=2.0)
         transcription = await self.transcribe(job)
         await transcription.all_segments()
+
+
+def _silent_wav(samples: int) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(WHISPER_SAMPLE_RATE)
+        out.writeframes(bytes(2 * samples))
+    return buffer.getvalue()
 
 
 def _detected(info: TranscriptionInfo, probability: float | None) -> TranscriptionInfo:
