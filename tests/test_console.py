@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import console_common
 import pytest
-from conftest import ADMIN_KEY, API_KEY, AUDIO_DIR, REPO, Server, StartServer
+from conftest import ADMIN_KEY, API_KEY, AUDIO_DIR, REPO, Server
+from console_common import JFK_WORDS, LONG_TEXT, SCREENSHOTS, SLOW_MS
 
 CHROMIUM = os.environ.get("VOXGATE_TEST_CHROMIUM") or shutil.which("chromium") or ""
 try:
@@ -30,6 +32,8 @@ if not CHROMIUM or not Path(CHROMIUM).is_file():
         "VOXGATE_TEST_CHROMIUM)",
         allow_module_level=True,
     )
+
+console_server = console_common.console_server  # the fixture, shared with the Firefox suite
 
 # Never `playwright install`: Debian's chromium, with nothing that calls another host.
 CHROMIUM_FLAGS = [
@@ -45,25 +49,6 @@ CHROMIUM_FLAGS = [
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
 ]
-SCREENSHOTS = os.environ.get("VOXGATE_CONSOLE_SCREENSHOTS")
-# Inference on a busy 2-core machine: a bound against hangs, not a speed claim.
-SLOW_MS = 240_000
-LONG_TEXT = (
-    "Hello from voxgate. This voice runs on your own machine, with no internet at all. "
-    "Every sentence leaves the server as soon as it is synthesised, so the player starts "
-    "long before the last one is ready. Here is a fourth sentence to make that plain. "
-    "And a fifth one, which ends it."
-)
-
-
-@pytest.fixture(scope="module")
-def console_server(
-    start_server: StartServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    """A server with its own database, so the usage it reports is only this module's."""
-    db = tmp_path_factory.mktemp("console") / "voxgate.db"
-    with start_server(VOXGATE_DATABASE_URL=f"sqlite:///{db}") as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -201,9 +186,7 @@ def test_a_real_file_is_transcribed_with_segments(console: Console) -> None:
     page.get_by_test_id("stt-file").set_input_files(str(AUDIO_DIR / "en-jfk.flac"))
     page.get_by_test_id("stt-submit").click()
     text = page.get_by_test_id("stt-text")
-    expect(text).to_contain_text(
-        re.compile("ask not what your country can do for you", re.I), timeout=SLOW_MS
-    )
+    expect(text).to_contain_text(re.compile(JFK_WORDS, re.I), timeout=SLOW_MS)
     expect(page.locator("#stt-status")).to_contain_text("Done", timeout=SLOW_MS)
     expect(page.locator("#stt-meta")).to_contain_text("english")
     expect(page.locator("#stt-meta")).to_contain_text("11")

@@ -170,6 +170,7 @@ export function initSpeech() {
   const error = $("speech-error");
   const download = $("speech-download");
   let controller = null;
+  let stopTiming = null; // ends the last request's wait for its first audio
   let loaded = false;
 
   async function loadModels() {
@@ -229,13 +230,17 @@ export function initSpeech() {
     stats.textContent = "Synthesising…";
     // currentTime moving is what the listener hears; "playing" alone can precede sound. (A
     // MediaStream's clock runs from the start, so Web Audio reports when its first samples play.)
+    // A whole file starts playing after the response is done, so this outlives the request.
+    stopTiming?.();
     const onTime = () => {
-      if (mode !== "web-audio" && audio.currentTime > 0 && times.firstAudio === undefined) {
+      if (audio.currentTime > 0 && times.firstAudio === undefined) {
         times.firstAudio = performance.now() - started;
         report();
+        stopTiming();
       }
     };
-    audio.addEventListener("timeupdate", onTime);
+    stopTiming = () => audio.removeEventListener("timeupdate", onTime);
+    if (mode !== "web-audio") audio.addEventListener("timeupdate", onTime);
     const player =
       mode === "source-buffer" ? new SourceBufferPlayer(audio, MEDIA[format]) : mode === "web-audio" ? new PcmPlayer(audio, format) : null;
     if (player instanceof PcmPlayer) {
@@ -277,10 +282,10 @@ export function initSpeech() {
         await audio.play().catch(() => {});
       }
     } catch (err) {
+      stopTiming();
       if (err.name !== "AbortError") showError(error, err);
       stats.textContent = err.name === "AbortError" ? "Stopped." : "";
     } finally {
-      audio.removeEventListener("timeupdate", onTime);
       $("speech-submit").disabled = false;
       $("speech-stop").disabled = true;
     }
