@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 #: Guards against a hung browser, not a speed claim (a busy 2-core machine is slow to start one).
@@ -59,13 +60,19 @@ class Session:
         self.reader.start()
 
     def _read(self) -> None:
-        for raw in self.socket:
-            message = json.loads(raw)
-            if "id" in message and message["id"] in self.waiting:
-                self.waiting[message["id"]].put(message)
-            elif message.get("type") == "event":
-                for handler in list(self.handlers.get(message["method"], [])):
-                    handler(message["params"])
+        try:
+            for raw in self.socket:
+                message = json.loads(raw)
+                if "id" in message and message["id"] in self.waiting:
+                    self.waiting[message["id"]].put(message)
+                elif message.get("type") == "event":
+                    for handler in list(self.handlers.get(message["method"], [])):
+                        handler(message["params"])
+        except ConnectionClosed:
+            pass
+        # The browser is gone: every command still waiting fails now, not after TIMEOUT_S.
+        for answer in list(self.waiting.values()):
+            answer.put({"type": "error", "error": "connection closed", "message": ""})
 
     def command(self, method: str, **params: Any) -> dict[str, Any]:
         ident = next(self.ids)
@@ -249,10 +256,10 @@ class Tab:
     def text(self, selector: str) -> str:
         return str(self.on(selector, "e => e.textContent"))
 
-    def press(self, key: str) -> None:
-        """A real key press (``\\ue007`` is Enter) on whatever has the focus."""
-        keys = [{"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]
-        self._act({"type": "key", "id": "keyboard", "actions": keys})
+    def press(self, *keys: str) -> None:
+        """Real key presses, one character each (``\\ue007`` is Enter), where the focus is."""
+        strokes = [{"type": kind, "value": key} for key in keys for kind in ("keyDown", "keyUp")]
+        self._act({"type": "key", "id": "keyboard", "actions": strokes})
 
     def _act(self, source: dict[str, Any]) -> None:
         self.session.command("input.performActions", context=self.context, actions=[source])
