@@ -71,6 +71,8 @@ class PcmPlayer {
     this.rate = PCM_RATE;
     this.channels = 1;
     this.carry = null;
+    this.first = null; // when the first samples play, on the context's clock
+    this.reported = false;
     this.context = new AudioContext();
     this.sink = this.context.createMediaStreamDestination();
     this.next = 0;
@@ -127,17 +129,26 @@ class PcmPlayer {
     node.connect(this.sink);
     const at = Math.max(this.next, this.context.currentTime + 0.05);
     node.start(at);
-    if (!this.lastNode && this.onFirstAudio) this.onFirstAudio((at - this.context.currentTime) * 1000);
+    this.first ??= at;
+    // Only a running context sounds (see end); its clock starts when it does.
+    if (!this.reported && this.context.state === "running" && this.onFirstAudio) {
+      this.reported = true;
+      this.onFirstAudio((this.first - this.context.currentTime) * 1000);
+    }
     this.next = at + buffer.duration;
     this.lastNode = node;
   }
 
-  /** Once the last scheduled samples have played, hand the element the complete file. */
+  /** Once the last scheduled samples have played, hand the element the complete file. A context
+   * that never started (no sound device: Firefox then never runs it) played nothing and never
+   * ends its nodes: the element plays the file instead. */
   async end(blob) {
-    if (this.lastNode) await once(this.lastNode, "ended");
-    await this.context.close();
+    const played = this.context.state === "running";
+    if (this.lastNode && played) await once(this.lastNode, "ended");
+    this.context.close().catch(() => {}); // unawaited: a context that never started may never close
     this.audio.srcObject = null;
     this.audio.src = URL.createObjectURL(blob);
+    if (!played) await this.audio.play().catch(() => {});
   }
 }
 
@@ -170,6 +181,7 @@ export function initSpeech() {
   const error = $("speech-error");
   const download = $("speech-download");
   let controller = null;
+  let stopTiming = null; // ends the last request's wait for its first audio
   let loaded = false;
 
   async function loadModels() {
@@ -229,12 +241,16 @@ export function initSpeech() {
     stats.textContent = "Synthesising…";
     // currentTime moving is what the listener hears; "playing" alone can precede sound. (A
     // MediaStream's clock runs from the start, so Web Audio reports when its first samples play.)
+    // A whole file starts playing after the response is done, so this outlives the request.
+    stopTiming?.();
     const onTime = () => {
-      if (mode !== "web-audio" && audio.currentTime > 0 && times.firstAudio === undefined) {
+      if (!audio.srcObject && audio.currentTime > 0 && times.firstAudio === undefined) {
         times.firstAudio = performance.now() - started;
         report();
+        stopTiming();
       }
     };
+    stopTiming = () => audio.removeEventListener("timeupdate", onTime);
     audio.addEventListener("timeupdate", onTime);
     const player =
       mode === "source-buffer" ? new SourceBufferPlayer(audio, MEDIA[format]) : mode === "web-audio" ? new PcmPlayer(audio, format) : null;
@@ -277,10 +293,10 @@ export function initSpeech() {
         await audio.play().catch(() => {});
       }
     } catch (err) {
+      stopTiming();
       if (err.name !== "AbortError") showError(error, err);
       stats.textContent = err.name === "AbortError" ? "Stopped." : "";
     } finally {
-      audio.removeEventListener("timeupdate", onTime);
       $("speech-submit").disabled = false;
       $("speech-stop").disabled = true;
     }
