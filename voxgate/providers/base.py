@@ -79,6 +79,9 @@ class TranscriptionJob:
     # saves the local engine its word-alignment pass.
     segment_times: bool = True
     chunking: VadOptions = AUTO
+    # The audio's length as its header states it (None: not stated), known before any
+    # decoding: what the engine queue estimates the job's cost by.
+    stated_s: float | None = None
 
 
 @dataclass

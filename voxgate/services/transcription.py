@@ -90,6 +90,7 @@ async def start_transcription(
         stream=stream,
         segment_times=segment_times,
         chunking=chunking,
+        stated_s=stated_s,
     )
     return await services.router.transcription_provider(entry).transcribe(job)
 

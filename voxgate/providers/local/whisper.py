@@ -111,7 +111,7 @@ class WhisperEngine:
     async def _run(self, job: TranscriptionJob) -> AsyncIterator[_Started | Segment]:
         """Hold an engine slot for the whole job, decoding included; yield ``_Started`` first,
         then segments. Waiting for the slot and decoding stop when the consumer is cancelled."""
-        async with self.gate.slot() as deadline:
+        async with self.gate.slot(job.stated_s) as deadline:
             audio = await job.load_audio()
             if deadline is not None:
                 deadline = deadline.with_audio(audio.duration_s)
