@@ -670,6 +670,7 @@ class ScenarioResult:
     server_log_errors: dict[str, int]
     load_before: str
     load_after: str
+    probe: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def log_errors(path: Path) -> int:
@@ -744,6 +745,8 @@ async def run_scenario(
         while not all(r.up for r in replicas) and time.monotonic() < ready_by:
             await asyncio.sleep(0.1)  # the balancer's own check agrees they are ready
         run.t0 = time.monotonic()
+        probe_path = work_dir / "cheap-routes-probe.json"
+        probe = start_probe(replicas[0].base_url, keys[0].secret, args.seconds, probe_path)
         log(f"[{name}] {args.clients} clients for {args.seconds:.0f} s ...")
         tasks = [
             asyncio.create_task(client_loop(run, i, key_for_client(i, keys, specs), args.seconds))
@@ -752,6 +755,7 @@ async def run_scenario(
         fault_task = asyncio.create_task(run_faults(run, faults, replicas)) if faults else None
         await asyncio.gather(*tasks)
         log(f"[{name}] clients done at t={run.clock():.1f} s")
+        probed = await asyncio.to_thread(finish_probe, probe, probe_path)
         if fault_task is not None:
             await fault_task  # the restarted replica must be back before the audit
         stop_checks.set()
@@ -783,7 +787,31 @@ async def run_scenario(
         {r.name: log_errors(r.log_path) for r in replicas},
         load_before,
         load_after,
+        probed,
     )
+
+
+def start_probe(base_url: str, secret: str, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """``bench/cheap_routes.py --probe`` beside the flood: the cheap routes timed one request
+    at a time by a process of their own (the flood's client adds its own event loop's delays
+    to the latencies it measures)."""
+    script = Path(__file__).with_name("cheap_routes.py")
+    command = [sys.executable, str(script), "--probe", base_url, "--key", secret]
+    command += ["--seconds", str(seconds), "--json", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL)
+
+
+def finish_probe(probe: subprocess.Popen[bytes], out: Path) -> dict[str, dict[str, float]]:
+    """The probe's figures ({} if it failed: a replica killed under it, say)."""
+    try:
+        probe.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        probe.kill()
+        probe.wait()
+    if probe.returncode != 0 or not out.exists():
+        return {}
+    figures: dict[str, dict[str, float]] = json.loads(out.read_text())
+    return figures
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -885,6 +913,16 @@ def render(scenarios: list[ScenarioResult], env: dict[str, Any]) -> str:
             f"information, not a target of this run): {cheap}.",
             "",
         ]
+        if s.probe:
+            probed = {
+                route: f"p50 {f['p50_ms']:g} / p99 {f['p99_ms']:g} ({f['requests']:g} requests)"
+                for route, f in s.probe.items()
+            }
+            lines += [
+                "The same routes timed by a separate probe process, one request at a time "
+                f"(`bench/cheap_routes.py --probe`), ms: {probed}.",
+                "",
+            ]
         kinds = Counter(r.kind for r in s.results)
         lines += ["Outcomes: " + _counts(kinds) + ".", "", *timeline_table(s), ""]
         lines += [

@@ -8,11 +8,18 @@ route. The same polling with the engines idle comes first: latencies are wall cl
 machine busy with other work shows in both, and only the difference is ours.
 
 Run: ``.venv/bin/python bench/cheap_routes.py [--seconds 30] [--audio-dir PATH]``.
+
+``--probe URL --key SECRET --json FILE`` only polls a server that is already running (no
+engines kept busy, no idle round) and writes the latencies' p50 / p99 / max as JSON:
+``bench/bench_load.py`` runs it beside its flood, so the cheap routes are timed by a process of
+their own, one request at a time, rather than by the flood's client, whose event loop is busy
+with a hundred streams and adds its own delays to every latency it measures.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import threading
 import time
@@ -54,7 +61,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--audio-dir", type=Path, default=REPO.parent / "shared" / "audio")
+    parser.add_argument("--probe", metavar="URL", help="only poll this running server")
+    parser.add_argument("--key", default=KEY, help="the API key for /v1/models (--probe)")
+    parser.add_argument("--json", type=Path, help="write the probe's figures here (--probe)")
     args = parser.parse_args()
+    if args.probe:
+        latencies, _ = poll(args.probe, args.seconds, args.key)
+        figures = {route: summary(values) for route, values in latencies.items()}
+        text = json.dumps(figures)
+        if args.json:
+            args.json.write_text(text)
+        print(text)
+        return
     clip = (args.audio_dir / CLIP).read_bytes()
     with tempfile.TemporaryDirectory() as tmp:
         env = server_env(Path(tmp), {"VOXGATE_API_KEYS": KEY})
@@ -82,12 +100,22 @@ def main() -> None:
             print(f"  {route:<12} {p50:8.1f} {p99:8.1f} {max(values) * 1000:8.1f}")
 
 
-def poll(base_url: str, seconds: float) -> tuple[dict[str, list[float]], int]:
+def summary(values: list[float]) -> dict[str, float]:
+    """Requests, p50, p99 and max in ms."""
+    return {
+        "requests": len(values),
+        "p50_ms": round(percentile(values, 50) * 1000, 1),
+        "p99_ms": round(percentile(values, 99) * 1000, 1),
+        "max_ms": round(max(values) * 1000, 1),
+    }
+
+
+def poll(base_url: str, seconds: float, key: str = KEY) -> tuple[dict[str, list[float]], int]:
     """Request each cheap route in turn for ``seconds``: latencies per route, and in how many
     rounds /health showed both engines running."""
     latencies: dict[str, list[float]] = {route: [] for route in ROUTES}
     busy_rounds = 0
-    headers = {"Authorization": f"Bearer {KEY}"}
+    headers = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=base_url, headers=headers, timeout=30) as probe:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:

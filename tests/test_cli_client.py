@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import soundfile
 from conftest import LedgerReader, Server, audio_path, free_port, sse_events, wait_until
 

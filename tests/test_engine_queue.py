@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -190,3 +191,29 @@ def test_a_job_over_the_time_limit_ends_its_stream_with_an_error(cut_short: Queu
     assert "VOXGATE_ENGINE_JOB_TIMEOUT_S" in server.log()
     with server.http(timeout=60) as client:
         assert client.post("/v1/audio/speech", json=speech_body("Hi.")).status_code == 200
+
+
+def test_one_key_flooding_the_queue_does_not_starve_another(patient: Queue) -> None:
+    """Issue 8 item 2: behind a long job, key A queues eight "Hi." and key B then one. Piper
+    serves B's before most of A's (fair queueing between keys; first come first served made
+    B's the ninth)."""
+    _, other = create_key(patient.database_url, "queue-fair")
+    server = patient.server
+    done: list[str] = []
+
+    def say(who: str, secret: str) -> None:
+        with server.http_for(secret, timeout=600) as client:
+            response = client.post("/v1/audio/speech", json=speech_body("Hi."))
+        assert response.status_code == 200, response.text
+        done.append(who)
+
+    with ThreadPoolExecutor(9) as pool:
+        with long_job(server):
+            flood = [pool.submit(say, "A", API_KEY) for _ in range(8)]
+            wait_until(lambda: engine_load(server, "piper")["queued"] == 8, "A's eight queued")
+            single = pool.submit(say, "B", other)
+            wait_until(lambda: engine_load(server, "piper")["queued"] == 9, "B's one queued")
+        for future in [*flood, single]:
+            future.result(timeout=600)  # a guard against a hang, not a speed claim
+    assert sorted(done) == ["A"] * 8 + ["B"]
+    assert done.index("B") <= 1, done

@@ -362,3 +362,24 @@ def test_sigterm_after_the_grace_period_settles_what_was_cut(
         assert row["status"] == "cancelled", row
         assert 0 < row["input_characters"] < len(LONGEST_TEXT)
         assert row["reserved_micros"] == 0
+
+
+def test_readiness_reports_draining_on_an_open_connection_during_the_delay(
+    start_server: StartServer, sqlite_url: str
+) -> None:
+    """Issue 8 item 5: with VOXGATE_SHUTDOWN_DELAY_S, a SIGTERM leaves the replica serving,
+    and a load balancer's keep-alive connection asking /health/ready hears 503 draining (without
+    the delay uvicorn closes that connection at once, so nobody can be told). A second SIGTERM
+    skips the rest of the delay and the process drains and exits."""
+    env = {"VOXGATE_DATABASE_URL": sqlite_url, "VOXGATE_SHUTDOWN_DELAY_S": "600"}
+    with start_server(**env) as server, server.http(timeout=60) as http:
+        assert http.get("/health/ready").status_code == 200  # the connection is open
+        server.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: "serving on for" in server.log(), "the stop to be noticed")
+        ready = http.get("/health/ready")
+        assert ready.status_code == 503, ready.text
+        assert ready.json()["checks"]["shutdown"] == "draining"
+        assert http.get("/health/live").status_code == 200  # still serving
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=120) in CLEAN_EXIT
+    assert "draining in-flight requests" in server.log()

@@ -319,6 +319,50 @@ def test_slow_upload_is_408_and_frees_the_key_slot(guarded: Guarded, style: str)
         assert client.post("/v1/audio/speech", json=SPEECH).status_code == 200
 
 
+def test_a_slow_upload_holds_no_concurrency_slot(guarded: Guarded) -> None:
+    """A key with one concurrency slot, one of its uploads still arriving: its other request is
+    served meanwhile, since the slot is taken once a body is in (it was taken before the body
+    was read, so the slow uploader held it). ``Expect: 100-continue`` makes it deterministic:
+    the server answers 100 once the handler starts to read the body, i.e. after admission."""
+    _, secret = create_key(guarded.database_url, "slow-holder", limits=Limits(max_concurrency=1))
+    head = multipart_head(secret, 1_000_000)
+    headers, _, body = head.partition(b"\r\n\r\n")
+    with raw_connection(guarded.server) as sock:
+        sock.sendall(headers + b"\r\nExpect: 100-continue\r\n\r\n")
+        assert sock.recv(1024).startswith(b"HTTP/1.1 100"), "the handler reads the body"
+        sock.sendall(body)  # part of the body; the rest never comes
+        with guarded.server.http_for(secret) as client:
+            response = client.post("/v1/audio/speech", json=SPEECH)
+        assert response.status_code == 200, response.text
+    rows = guarded.ledger.settled([response.headers["x-request-id"]])
+    assert [row["status"] for row in rows.values()] == ["succeeded"]
+
+
+def test_the_slot_is_taken_once_the_body_is_in(guarded: Guarded) -> None:
+    """The other side: while one request of the key runs (a speech stream held open), an
+    upload that has arrived whole is refused 429 concurrency_limit_exceeded with the envelope,
+    not passed on to a handler, and its row says rejected."""
+    _, secret = create_key(guarded.database_url, "busy-holder", limits=Limits(max_concurrency=1))
+    long_text = ("A sentence to keep the engine going for a while. " * 80)[:4000]
+    with guarded.server.http_for(secret) as client:
+        # Minutes of Piper's audio: the stream runs for as long as this client does not read.
+        body = {"model": "tts-1", "voice": "alloy", "input": long_text, "response_format": "pcm"}
+        with client.stream("POST", "/v1/audio/speech", json=body) as running:
+            assert running.status_code == 200
+            next(running.iter_raw())  # it runs, and holds the key's only slot
+            with guarded.server.http_for(secret) as other:
+                refused = other.post(
+                    "/v1/audio/transcriptions",
+                    files={"file": ("a.wav", b"RIFF" + b"\x00" * 1000)},
+                    data={"model": "whisper-1"},
+                )
+    error = assert_error_envelope(refused, 429, None)
+    assert error["code"] == "concurrency_limit_exceeded"
+    assert refused.headers["retry-after"] == "1"
+    rows = guarded.ledger.settled([refused.headers["x-request-id"]])
+    assert [(row["status"], row["http_status"]) for row in rows.values()] == [("rejected", 429)]
+
+
 # --- request ids and CORS -------------------------------------------------------------------
 
 

@@ -6,8 +6,9 @@
   cancelling the consumer stops the generator at its next item, so a client that disconnects
   stops the inference instead of leaving it to run to the end.
 * ``EngineGate`` is per-engine admission control: a fixed number of running jobs plus a bounded
-  queue. A full queue, or an expected wait over the limit, is refused at once with 503 and a
-  Retry-After estimated from recent job times; waits and each job's engine time are bounded.
+  queue, fair between keys. A full queue, or an expected wait over the limit, is refused at
+  once with 503 and a Retry-After estimated from the queued jobs' sizes and the engine's
+  measured speed; waits and each job's engine time are bounded.
 * ``cancel_on_disconnect`` stops waiting (in the queue, or for the engine) when the client
   leaves, so an abandoned request never runs and gives back what it reserved at once.
 """
@@ -17,12 +18,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import math
 import os
+import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -62,8 +67,42 @@ def lower_thread_priority(niceness: int = ENGINE_NICENESS) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
 
 
+class _EngineThreads:
+    """Daemon threads at one niceness, kept and reused. Starting a thread makes the caller wait
+    until the new thread has been scheduled and has run (``Thread.start``): on the event loop,
+    once per engine job, that was up to 4 % of the loop's time under a load run, stalling every
+    request meanwhile on a machine with more runnable threads than cores. A job claims an idle
+    thread, or starts one only when all are busy, so after the first jobs none is started."""
+
+    def __init__(self, niceness: int) -> None:
+        self.niceness = niceness
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run ``job`` (which must not raise) in one of the threads."""
+        with self._lock:
+            start = self._idle == 0
+            if not start:
+                self._idle -= 1
+        self._jobs.put(job)
+        if start:
+            threading.Thread(target=self._work, name="voxgate-engine", daemon=True).start()
+
+    def _work(self) -> None:
+        lower_thread_priority(self.niceness)
+        while True:
+            self._jobs.get()()
+            with self._lock:
+                self._idle += 1
+
+
+_ENGINE_THREADS: dict[int, _EngineThreads] = {}
+
+
 async def run_in_engine_thread(fn: Callable[[], T], *, niceness: int = ENGINE_NICENESS) -> T:
-    """Run ``fn`` in a new low-priority thread (see ``lower_thread_priority``)."""
+    """Run ``fn`` in a low-priority engine thread (see ``lower_thread_priority``)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
@@ -75,7 +114,6 @@ async def run_in_engine_thread(fn: Callable[[], T], *, niceness: int = ENGINE_NI
                 future.set_exception(error)
 
     def run() -> None:
-        lower_thread_priority(niceness)
         try:
             result = fn()
         except BaseException as exc:
@@ -83,7 +121,10 @@ async def run_in_engine_thread(fn: Callable[[], T], *, niceness: int = ENGINE_NI
         else:
             loop.call_soon_threadsafe(settle, result, None)
 
-    threading.Thread(target=run, name="voxgate-engine", daemon=True).start()
+    threads = _ENGINE_THREADS.get(niceness)
+    if threads is None:
+        threads = _ENGINE_THREADS[niceness] = _EngineThreads(niceness)
+    threads.submit(run)
     with anyio.CancelScope(shield=True):  # the thread cannot be interrupted: wait for it
         result = await future
     return result
@@ -179,14 +220,80 @@ class JobDeadline:
         )
 
 
-class EngineGate:
-    """At most ``workers`` jobs run; the rest wait in a bounded queue, or get 503 at once.
+#: On whose behalf engine work is queued: the caller's key id (``anonymous`` without one), set
+#: by the gateway once it knows the caller. The engine queue takes turns between parties by it.
+QUEUE_PARTY: ContextVar[str] = ContextVar("voxgate_queue_party", default="anonymous")
 
-    A request is refused at once (503 + Retry-After) when the queue is full or when its expected
-    wait (jobs ahead / workers x the recent average job time) exceeds ``max_wait_s``. One that
-    was admitted gives up after ``queue_timeout_s`` in the queue, and a job that runs longer than
-    ``job_timeout_s`` is stopped (see ``JobDeadline``). Waiting is first come, first served;
-    these bounds are what keep a short request from waiting behind long ones for minutes.
+
+@dataclass
+class CostModel:
+    """How many engine seconds a job of ``units`` takes (seconds of audio for Whisper, characters
+    for speech): ``overhead_s`` plus ``units`` x ``per_unit_s``. ``per_unit_s`` starts at a prior
+    set for a busy machine, so the opening burst is admitted against a pessimistic estimate
+    rather than a guess of 1 s a job, and follows the jobs that complete from then on."""
+
+    per_unit_s: float
+    overhead_s: float
+
+    def estimate_s(self, units: float) -> float:
+        return self.overhead_s + units * self.per_unit_s
+
+    def learn(self, units: float, elapsed_s: float) -> None:
+        if units > 0:
+            observed = max(0.0, elapsed_s - self.overhead_s) / units
+            self.per_unit_s = 0.8 * self.per_unit_s + 0.2 * observed
+
+
+#: How often a queued request re-checks whether it can still start within its queue timeout.
+RECHECK_S = 1.0
+
+
+@dataclass(eq=False)
+class _Waiter:
+    party: str
+    units: float | None
+    cost_s: float  # estimated when it arrived (its tag's increment)
+    tag: float  # virtual start time: the queue serves the lowest first
+    seq: int  # arrival order, between equal tags
+    granted: asyncio.Future[None]
+
+
+@dataclass(eq=False)
+class _Job:
+    units: float | None
+    cost_s: float  # estimated when it started
+    started: float  # time.monotonic()
+
+    def remaining_s(self, now: float) -> float:
+        """Its estimate less the time it has run; a job past its estimate is expected to run
+        as long again as it has overrun (a job that has run 100 s on a 1 s guess is no
+        1 s job)."""
+        elapsed = now - self.started
+        return self.cost_s - elapsed if elapsed < self.cost_s else elapsed - self.cost_s
+
+
+class EngineGate:
+    """At most ``workers`` jobs run; the rest wait in a bounded, fair queue, or get 503 at once.
+
+    Each job is estimated by its size (``CostModel``: audio seconds from the upload's header,
+    characters of speech) or, without one, by the recent average job time. A request is refused
+    at once (503 + Retry-After) when the queue is full or when its expected wait (the estimated
+    engine time of the running jobs' rest and of the queued jobs served before it, over
+    ``workers``) exceeds ``max_wait_s``. Queued jobs are estimated at the engine's current
+    speed: a running job that has taken longer than its size allowed shows the engine slower
+    than measured so far (the machine may be loaded), and every queued job of known size is
+    re-estimated at that speed. One that was admitted gives up after ``queue_timeout_s`` in
+    the queue, or as soon as it is expected to (re-checked every ``RECHECK_S``), so its client
+    hears 503 instead of waiting for nothing; a job that runs longer than ``job_timeout_s`` is
+    stopped (see ``JobDeadline``).
+
+    The queue is start-time fair queueing between parties (``QUEUE_PARTY``, the caller's key):
+    a job's tag is the later of the virtual time (the tag of the last job started) and its
+    party's previous job's tag plus that job's cost, and the lowest tag runs next. A key that
+    floods the queue gets tags far ahead; another key's job gets the current virtual time and
+    runs next, and equal keys share the engine in proportion to estimated cost, not job count.
+    A party with nothing queued may always queue one job, so a full queue of one key's jobs
+    never refuses another key outright (the expected-wait bound still applies).
     """
 
     def __init__(
@@ -198,6 +305,7 @@ class EngineGate:
         max_wait_s: float | None = None,
         queue_timeout_s: float | None = None,
         job_timeout_s: float | None = None,
+        cost: CostModel | None = None,
     ) -> None:
         self.name = name
         self.workers = workers
@@ -205,87 +313,153 @@ class EngineGate:
         self.max_wait_s = max_wait_s
         self.queue_timeout_s = queue_timeout_s
         self.job_timeout_s = job_timeout_s
-        self._semaphore = asyncio.Semaphore(workers)
-        self._running = 0
-        self._waiting = 0
-        self._avg_job_s = 1.0
-        self._started: dict[object, float] = {}  # running job → time.monotonic() it began
+        self.cost = cost
+        self._free = workers
+        self._queue: list[_Waiter] = []
+        self._queued_by: Counter[str] = Counter()
+        self._jobs: set[_Job] = set()
+        self._virtual = 0.0
+        self._next_tag: dict[str, float] = {}  # party → the tag its next job gets at the earliest
+        self._arrivals = itertools.count()
+        self._avg_job_s = 1.0  # jobs of no known size
         metrics.set_queue_depth(name, 0)
 
     @property
     def running(self) -> int:
-        return self._running
+        return len(self._jobs)
 
     @property
     def waiting(self) -> int:
-        return self._waiting
+        return len(self._queue)
+
+    def estimate_s(self, units: float | None) -> float:
+        """Engine seconds a job of ``units`` is expected to take."""
+        if units is None or self.cost is None:
+            return self._avg_job_s
+        return self.cost.estimate_s(units)
 
     def retry_after_s(self) -> int:
-        backlog = (self._waiting + self._running) / self.workers
-        return max(1, round(backlog * self.job_estimate_s()))
+        """When the whole backlog (running and queued) should have drained."""
+        return max(1, math.ceil(self._backlog_s((math.inf, 0)) / self.workers))
 
-    def expected_wait_s(self) -> float:
-        """How long a request arriving now would wait for a worker, from recent job times."""
-        ahead = self._waiting + self._running - self.workers + 1
-        return max(0.0, ahead / self.workers * self.job_estimate_s())
-
-    def job_estimate_s(self) -> float:
-        """How long a job takes: the recent average, or longer while the oldest running job has
-        already run longer. Just after start-up the average knows only the warm-up (a burst
-        would be admitted against a 1 s guess), and a job that has run 12 s takes at least 12 s.
-        """
-        now = time.monotonic()
-        return max([self._avg_job_s, *(now - started for started in self._started.values())])
+    def expected_wait_s(self, party: str | None = None) -> float:
+        """How long a job of ``party`` (default: the current one) arriving now would wait."""
+        return self._wait_s((self._tag(party or QUEUE_PARTY.get()), math.inf))
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[JobDeadline | None]:
+    async def slot(
+        self, units: float | None = None, *, party: str | None = None
+    ) -> AsyncIterator[JobDeadline | None]:
         """Wait for a worker (cancellable, bounded) and hold it for the body.
 
-        Yields the job's deadline (None without ``job_timeout_s``); pass it to
-        ``iterate_in_thread`` so the engine stops when it passes. The worker is given back as
-        soon as the body exits, whichever way it exits.
+        ``units`` is the job's size for the cost model (None: unknown), ``party`` whose turn it
+        is (default ``QUEUE_PARTY``). Yields the job's deadline (None without
+        ``job_timeout_s``); pass it to ``iterate_in_thread`` so the engine stops when it
+        passes. The worker is given back as soon as the body exits, whichever way it exits.
         """
-        self._admit()
-        self._waiting += 1
-        metrics.set_queue_depth(self.name, self._waiting)
+        party = party or QUEUE_PARTY.get()
+        tag = self._tag(party)
+        self._admit(party, tag)
+        cost_s = self.estimate_s(units)
+        granted = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(party, units, cost_s, tag, next(self._arrivals), granted)
+        self._next_tag[party] = tag + cost_s
+        self._enqueue(waiter)
         queued_at = time.monotonic()
         try:
-            with anyio.move_on_after(self.queue_timeout_s) as waited:
-                await self._semaphore.acquire()
+            await self._wait_turn(waiter, queued_at)
+        except BaseException:
+            self._leave(waiter)
+            raise
         finally:
-            self._waiting -= 1
-            metrics.set_queue_depth(self.name, self._waiting)
             metrics.observe_queue_wait(self.name, time.monotonic() - queued_at)
-        if waited.cancelled_caught:
-            raise Overloaded(
-                f"The {self.name} engine is busy: this request waited {self.queue_timeout_s:g} s "
-                "in its queue (VOXGATE_ENGINE_QUEUE_TIMEOUT_S). Retry after the suggested delay.",
-                retry_after_s=self.retry_after_s(),
-            )
-        self._running += 1
-        started = time.monotonic()
-        job = object()
-        self._started[job] = started
+        job = _Job(units, self.estimate_s(units), time.monotonic())
+        self._jobs.add(job)
         deadline = None
         if self.job_timeout_s is not None:
-            deadline = JobDeadline(self.name, self.job_timeout_s, started + self.job_timeout_s)
+            deadline = JobDeadline(self.name, self.job_timeout_s, job.started + self.job_timeout_s)
+        completed = False
         try:
             yield deadline
+            completed = True
         finally:
-            self._running -= 1
-            del self._started[job]
-            self._semaphore.release()
-            self._avg_job_s = 0.8 * self._avg_job_s + 0.2 * (time.monotonic() - started)
+            self._jobs.discard(job)
+            self._free += 1
+            self._dispatch()
+            elapsed = time.monotonic() - job.started
+            if units is None or self.cost is None:
+                self._avg_job_s = 0.8 * self._avg_job_s + 0.2 * elapsed
+            elif completed:  # a job cut short (client gone, error) says little about its rate
+                self.cost.learn(units, elapsed)
 
-    def _admit(self) -> None:
+    async def _wait_turn(self, waiter: _Waiter, queued_at: float) -> None:
+        """Until ``waiter`` is handed a worker; Overloaded once it has waited
+        ``queue_timeout_s``, or once the work ahead of it is expected to take longer than that
+        (a job admitted on an estimate the engine has since fallen behind)."""
+        timeout_s = math.inf if self.queue_timeout_s is None else self.queue_timeout_s
+        while not waiter.granted.done():
+            waited_s = time.monotonic() - queued_at
+            if waited_s >= timeout_s:
+                raise Overloaded(
+                    f"The {self.name} engine is busy: this request waited {timeout_s:g} s in "
+                    "its queue (VOXGATE_ENGINE_QUEUE_TIMEOUT_S). Retry after the suggested "
+                    "delay.",
+                    retry_after_s=self.retry_after_s(),
+                )
+            ahead_s = self._wait_s((waiter.tag, waiter.seq))
+            if waited_s + ahead_s > timeout_s:
+                raise Overloaded(
+                    f"The {self.name} engine is busy: this request would wait about "
+                    f"{waited_s + ahead_s:.0f} s in its queue, longer than this server's limit "
+                    f"of {timeout_s:g} s (VOXGATE_ENGINE_QUEUE_TIMEOUT_S). Retry after the "
+                    "suggested delay.",
+                    retry_after_s=max(1, math.ceil(ahead_s)),
+                )
+            await asyncio.wait([waiter.granted], timeout=min(RECHECK_S, timeout_s - waited_s))
+
+    def _tag(self, party: str) -> float:
+        return max(self._virtual, self._next_tag.get(party, 0.0))
+
+    def _per_unit_s(self, now: float) -> float:
+        """The engine's time per unit now: as measured, or slower if a running job shows it
+        (one that has run longer than its size allowed at the measured speed)."""
+        assert self.cost is not None
+        shown = [
+            (now - job.started - self.cost.overhead_s) / job.units
+            for job in self._jobs
+            if job.units
+        ]
+        return max([self.cost.per_unit_s, *shown])
+
+    def _backlog_s(self, before: tuple[float, float]) -> float:
+        """Estimated engine time of the running jobs' rest and of the queued jobs that are
+        served before the place ``before`` (a tag and an arrival number)."""
+        now = time.monotonic()
+        running = sum(job.remaining_s(now) for job in self._jobs)
+        ahead = [w for w in self._queue if (w.tag, w.seq) < before]
+        if self.cost is None:
+            return running + sum(w.cost_s for w in ahead)
+        per_unit_s = self._per_unit_s(now)
+        queued = sum(
+            w.cost_s if w.units is None else self.cost.overhead_s + w.units * per_unit_s
+            for w in ahead
+        )
+        return running + queued
+
+    def _wait_s(self, before: tuple[float, float]) -> float:
+        if self._free > 0 and not self._queue:
+            return 0.0
+        return self._backlog_s(before) / self.workers
+
+    def _admit(self, party: str, tag: float) -> None:
         """Refuse at once what the queue cannot hold or cannot serve within ``max_wait_s``."""
-        if self._running >= self.workers and self._waiting >= self.queue_size:
+        if self._free == 0 and self.waiting >= self.queue_size and self._queued_by[party]:
             raise Overloaded(
-                f"The {self.name} engine is at capacity ({self._running} running, "
-                f"{self._waiting} queued). Retry after the suggested delay.",
+                f"The {self.name} engine is at capacity ({self.running} running, "
+                f"{self.waiting} queued). Retry after the suggested delay.",
                 retry_after_s=self.retry_after_s(),
             )
-        expected = self.expected_wait_s()
+        expected = self._wait_s((tag, math.inf))
         if self.max_wait_s is not None and expected > self.max_wait_s:
             raise Overloaded(
                 f"The {self.name} engine is busy: the expected wait of {expected:.0f} s exceeds "
@@ -293,6 +467,43 @@ class EngineGate:
                 "Retry after the suggested delay.",
                 retry_after_s=max(1, math.ceil(expected - self.max_wait_s)),
             )
+
+    def _enqueue(self, waiter: _Waiter) -> None:
+        self._queue.append(waiter)
+        self._queued_by[waiter.party] += 1
+        self._dispatch()
+        metrics.set_queue_depth(self.name, self.waiting)
+
+    def _dispatch(self) -> None:
+        """Hand free workers to the queued jobs with the lowest tags."""
+        while self._free > 0 and self._queue:
+            waiter = min(self._queue, key=lambda w: (w.tag, w.seq))
+            self._remove(waiter)
+            self._free -= 1
+            self._virtual = max(self._virtual, waiter.tag)
+            waiter.granted.set_result(None)
+        # Parties whose next tag the virtual time has passed start from it anyway.
+        for party in [p for p, t in self._next_tag.items() if t <= self._virtual]:
+            del self._next_tag[party]
+        metrics.set_queue_depth(self.name, self.waiting)
+
+    def _remove(self, waiter: _Waiter) -> None:
+        self._queue.remove(waiter)
+        self._queued_by[waiter.party] -= 1
+        if not self._queued_by[waiter.party]:
+            del self._queued_by[waiter.party]
+
+    def _leave(self, waiter: _Waiter) -> None:
+        """A waiter gave up (timeout, cancel): out of the queue, or its worker given back if it
+        was handed one in the same instant; its party's tag no longer counts its cost."""
+        if waiter in self._queue:
+            self._remove(waiter)
+            if self._next_tag.get(waiter.party) == waiter.tag + waiter.cost_s:
+                self._next_tag[waiter.party] = waiter.tag
+            metrics.set_queue_depth(self.name, self.waiting)
+        elif waiter.granted.done() and not waiter.granted.cancelled():
+            self._free += 1
+            self._dispatch()
 
 
 class ClientDisconnected(Exception):

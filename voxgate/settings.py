@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     refused and /health/ready answers 503 at once). Requests still running afterwards are
     cancelled and billed for what they delivered."""
 
+    shutdown_delay_s: float = Field(default=0.0, ge=0)
+    """On SIGTERM, how long to go on serving as before, with /health/ready answering 503
+    draining, before the drain above begins: a load balancer polling readiness over its open
+    connections sees the replica leave before connections are refused. A second signal skips
+    the rest of the delay."""
+
     instance_id: str | None = None
     """This replica's name in the usage ledger (default `hostname:port`). A restarted replica
     settles the requests its previous run left open, so give each replica a stable name."""

@@ -6,11 +6,14 @@ slash or any other unknown path (404) costs nothing, writes no ledger row and us
 requests-per-minute allowance. The admin key is refused on /v1 outside /v1/organization, so it
 can never be served as an anonymous, unmetered caller.
 
-On the audio endpoints the request is admitted (concurrency slot, requests per minute) before
-its upload is read, so a slow upload holds its key's slot until ``BodyGuardMiddleware`` cuts it
-off (``VOXGATE_BODY_IDLE_TIMEOUT_S`` / ``VOXGATE_BODY_TIMEOUT_S``); the ``x-ratelimit-*``
-headers are added to the response, and the request's ticket is finished after the last byte
-was sent, the client left, or the handler failed.
+On the audio endpoints a request is charged its requests-per-minute before its body is read,
+and takes its key's concurrency slot once the whole body has arrived (as the handler reads its
+last part, before any work on it), so a slow upload holds no slot while
+``BodyGuardMiddleware`` waits to cut it off (``VOXGATE_BODY_IDLE_TIMEOUT_S`` /
+``VOXGATE_BODY_TIMEOUT_S``). A refused slot answers 429 in place of whatever the handler made
+of the failed read. The ``x-ratelimit-*`` headers are added to the response, and the request's
+ticket is finished after the last byte was sent, the client left, or the handler failed. The
+caller's key is the request's ``QUEUE_PARTY``, whose turn the engine queues take.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from voxgate.api.errors import error_response
 from voxgate.catalog import ENDPOINT_FEATURES, Endpoint
+from voxgate.concurrency import QUEUE_PARTY
 from voxgate.errors import AuthenticationFailed, PermissionDenied, VoxgateError
 from voxgate.services.container import Services
 from voxgate.services.keys import Caller
@@ -56,11 +60,15 @@ class GatewayMiddleware:
             response = error_response(request, exc)
             await response(scope, receive, send)
             return
-        if ticket is None:
-            await self.app(scope, receive, send)
-        else:
-            scope["state"]["ticket"] = ticket
-            await self._metered(ticket, scope, receive, send)
+        party = QUEUE_PARTY.set(caller.key_id or "anonymous")
+        try:
+            if ticket is None:
+                await self.app(scope, receive, send)
+            else:
+                scope["state"]["ticket"] = ticket
+                await self._metered(ticket, scope, receive, send)
+        finally:
+            QUEUE_PARTY.reset(party)
 
     async def _authorize(self, request: Request, path: str) -> Caller:
         auth = self.services.auth
@@ -83,9 +91,27 @@ class GatewayMiddleware:
     async def _metered(self, ticket: Ticket, scope: Scope, receive: Receive, send: Send) -> None:
         status: int | None = None
         completed = False
+        body_received = False
+        refused: VoxgateError | None = None  # the slot, refused once the body was in
+        answering = False  # sending the refusal ourselves
+
+        async def receive_admitted() -> Message:
+            nonlocal body_received, refused
+            message = await receive()
+            if message["type"] == "http.request" and not body_received:
+                body_received = not message.get("more_body", False)
+                if body_received:
+                    try:
+                        await ticket.take_slot()
+                    except VoxgateError as exc:
+                        refused = exc
+                        raise
+            return message
 
         async def send_metered(message: Message) -> None:
             nonlocal status, completed
+            if refused is not None and not answering:
+                return  # what the handler made of the refused read: the refusal goes instead
             if message["type"] == "http.response.start":
                 status = message["status"]
                 extra = [(k.encode(), v.encode()) for k, v in ticket.headers().items()]
@@ -104,7 +130,14 @@ class GatewayMiddleware:
 
         outcome: Outcome = "failed"
         try:
-            await self.app(scope, receive, send_metered)
+            try:
+                await self.app(scope, receive_admitted, send_metered)
+            except Exception:
+                if refused is None:
+                    raise
+            if refused is not None:
+                answering = True
+                await error_response(Request(scope), refused)(scope, receive, send_metered)
             outcome = "completed" if completed else "disconnected"
         except (ClientDisconnect, OSError):
             outcome = "disconnected"

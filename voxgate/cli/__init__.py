@@ -9,6 +9,8 @@ commands talk HTTP to a running server (``cli/client.py``).
 from __future__ import annotations
 
 import logging
+import signal
+import time
 from types import FrameType
 from typing import Annotated, Any
 
@@ -74,18 +76,38 @@ def serve(
     class DrainingServer(uvicorn.Server):
         """uvicorn's server, which also turns readiness to 503 the moment a stop is asked.
 
-        uvicorn then stops accepting, waits up to the grace period for in-flight requests,
-        cancels what still runs (its rows settle as cancelled) and runs the lifespan shutdown.
+        After ``shutdown_delay_s`` of serving on (0: none), uvicorn stops accepting and closes
+        idle connections, waits up to the grace period for in-flight requests, cancels what
+        still runs (its rows settle as cancelled) and runs the lifespan shutdown.
         """
 
+        stop_at: float | None = None  # time.monotonic() the drain begins (after the delay)
+        stop_signal: int = signal.SIGTERM
+
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            if not services.draining:
+            log = logging.getLogger("voxgate")
+            if not services.draining and settings.shutdown_delay_s > 0:
                 services.draining = True
-                logging.getLogger("voxgate").warning(
+                self.stop_at = time.monotonic() + settings.shutdown_delay_s
+                self.stop_signal = sig
+                log.warning(
+                    "stopping: /health/ready answers 503; serving on for %gs, then draining",
+                    settings.shutdown_delay_s,
+                )
+                return
+            if not self.should_exit:
+                services.draining = True
+                self.stop_at = None
+                log.warning(
                     "stopping: draining in-flight requests for up to %ds",
                     settings.shutdown_grace_s,
                 )
             super().handle_exit(sig, frame)
+
+        async def on_tick(self, counter: int) -> bool:
+            if self.stop_at is not None and time.monotonic() >= self.stop_at:
+                self.handle_exit(self.stop_signal, None)
+            return await super().on_tick(counter)
 
     config = uvicorn.Config(
         application,

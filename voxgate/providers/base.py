@@ -87,6 +87,9 @@ class TranscriptionJob:
     # saves the local engine its word-alignment pass.
     segment_times: bool = True
     chunking: VadOptions = AUTO
+    # The audio's length as its header states it (None: not stated), known before any
+    # decoding: what the engine queue estimates the job's cost by.
+    stated_s: float | None = None
 
     def audio(self, measured_s: float) -> MeasuredAudio:
         """The upload, once ``admit`` measured it, to be decoded again piece by piece."""

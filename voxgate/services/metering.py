@@ -2,8 +2,9 @@
 
 A request's ``Ticket`` goes through, in order:
 
-1. ``Meter.admit`` (before the body is read): a concurrency slot and one request from the
-   key's requests-per-minute bucket.
+1. ``Meter.admit`` (before the body is read): one request from the key's requests-per-minute
+   bucket; then ``Ticket.take_slot`` (once the whole body has arrived, before any work on it):
+   a concurrency slot, so a slow upload holds none.
 2. ``Ticket.authorize``: the model must be on the key's allowlist (403 otherwise).
 3. ``Ticket.reserve`` (once the units are known: decoded audio seconds, input characters): the
    cost held against the key's budget with a pending ledger row, then the audio-seconds or
@@ -261,6 +262,17 @@ class Ticket:
         task.add_done_callback(self.meter.cleanups.discard)
         await asyncio.shield(task)
 
+    async def take_slot(self) -> None:
+        """Take one of the key's concurrency slots (429 if none is free). Called once the body
+        has been received: a client still uploading holds no slot, and nothing expensive has
+        begun yet, since no work starts before the whole body is there."""
+        key = self.caller.key
+        if key is not None and key.limits.max_concurrency and not self.slot_held:
+            await self.meter.limiter.acquire_slot(
+                key.id, self.request_id, key.limits.max_concurrency
+            )
+            self.slot_held = True
+
     async def release_slot(self) -> None:
         """Give back the concurrency slot (once). Best effort, never raises: this runs just
         before a response's last message, which a failure here must not cut off; a slot not
@@ -321,7 +333,8 @@ class Meter:
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def admit(self, caller: Caller, endpoint: Endpoint, request_id: str) -> Ticket:
-        """Take a concurrency slot and a request from the key's per-minute bucket.
+        """Take a request from the key's per-minute bucket (the concurrency slot comes later:
+        ``Ticket.take_slot``).
 
         Raises RateLimited (429), after recording the refusal in the ledger.
         """
@@ -331,9 +344,6 @@ class Meter:
         if key is None:
             return ticket
         try:
-            if key.limits.max_concurrency:
-                await self.limiter.acquire_slot(key.id, request_id, key.limits.max_concurrency)
-                ticket.slot_held = True
             if key.limits.rpm:
                 ticket.rates += await self.limiter.charge(
                     key.id, [Charge("requests", key.limits.rpm, 1)]

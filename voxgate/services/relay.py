@@ -336,6 +336,7 @@ async def relay_transcription(
     seconds: _Once[float] = _Once()
     cleanup.push_async_callback(seconds.cancel)
     allowance_s: float | None = None
+    stated_s: float | None = None  # from the header, before a local first target
 
     def measure_alongside() -> Awaitable[float]:
         return _measure_and_reserve(ticket, request.upload, request.max_s)
@@ -347,7 +348,7 @@ async def relay_transcription(
 
     @functools.cache
     def local_job(target: Target) -> TranscriptionJob:
-        return engine_job(_local_model(catalog, entry, target), request, admit)
+        return engine_job(_local_model(catalog, entry, target), request, admit, stated_s=stated_s)
 
     async def attempt(
         target: Target, client: UpstreamClient | None
@@ -379,8 +380,9 @@ async def relay_transcription(
         return _relayed_transcription(target, opened, ticket, measured)
 
     if chain[0].local:
-        local_job(chain[0])  # a language the model does not know: 400 before the upload is read
-        allowance_s = await _check_header(ticket, request.upload, request.max_s)
+        # A language the model does not know: 400 before the upload is read.
+        engine_job(_local_model(catalog, entry, chain[0]), request, admit)
+        stated_s, allowance_s = await _check_header(ticket, request.upload, request.max_s)
         target, result = await router.walk(entry, attempt)
     else:  # measured while the first attempt is under way
         target, result = await _alongside(
@@ -417,15 +419,17 @@ def _relayed_transcription(
     return Delivery(target, kind, stream, opened.response.status_code)
 
 
-async def _check_header(ticket: Ticket, upload: SpooledUpload, max_s: float) -> float | None:
+async def _check_header(
+    ticket: Ticket, upload: SpooledUpload, max_s: float
+) -> tuple[float | None, float | None]:
     """Before admission to the local engine: the length the header states (read, not decoded)
     is refused at once when the key cannot afford it (429) or it is over ``max_s`` (400).
-    Returns the seconds the key can afford (None: no bound)."""
+    Returns that length and the seconds the key can afford (None: unknown, no bound)."""
     stated_s = await run_in_thread(probe_duration, upload.reader())
     allowance_s = await ticket.audio_allowance(stated_s)
     if stated_s is not None and stated_s > max_s:
         raise audio_too_long(max_s)
-    return allowance_s
+    return stated_s, allowance_s
 
 
 async def _meter_and_reserve(

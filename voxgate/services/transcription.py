@@ -38,10 +38,15 @@ class TranscriptionRequest:
 
 
 def engine_job(
-    model: CatalogEntry, request: TranscriptionRequest, admit: Admit
+    model: CatalogEntry,
+    request: TranscriptionRequest,
+    admit: Admit,
+    *,
+    stated_s: float | None = None,
 ) -> TranscriptionJob:
     """The local engine's job for ``request`` on ``model`` (whose languages it is checked
-    against: InvalidRequest, 400, naming the field)."""
+    against: InvalidRequest, 400, naming the field). ``stated_s``, the length the upload's
+    header states, sizes the job for the engine queue's estimates."""
     options = request.options
     code = check_language(model, options.language) if options.language else None
     candidates = tuple(
@@ -68,6 +73,7 @@ def engine_job(
         stream=options.stream,
         segment_times=request.segment_times,
         chunking=vad_options(options.chunking_strategy),
+        stated_s=stated_s,
     )
 
 

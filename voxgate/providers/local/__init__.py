@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator
 from typing import TypeVar
 
 from voxgate.catalog import Catalog
-from voxgate.concurrency import EngineGate, run_in_thread
+from voxgate.concurrency import CostModel, EngineGate, run_in_thread
 from voxgate.errors import Overloaded, UnsupportedModel
 from voxgate.providers.base import (
     PcmChunk,
@@ -30,6 +30,17 @@ T = TypeVar("T")
 
 SPEECH_TO_TEXT_ENGINES = {"faster-whisper"}
 TEXT_TO_SPEECH_ENGINES = {"piper", "hibari", "espeak-ng"}
+
+#: Engine seconds per unit (a second of audio heard, a character said) before any job has run,
+#: set for this two-core machine while it is busy: on a quiet one Whisper base takes 0.07 s per
+#: second of audio and Piper about 3 ms a character (docs/benchmarks.md), several times that
+#: under load. The gate follows measured jobs from the first one on.
+COST_PRIORS = {
+    "faster-whisper": (0.3, 1.0),
+    "piper": (0.01, 0.2),
+    "hibari": (0.005, 0.1),
+    "espeak-ng": (0.002, 0.05),
+}
 
 
 class LocalProvider:
@@ -56,6 +67,7 @@ class LocalProvider:
                 max_wait_s=settings.engine_max_wait_s,
                 queue_timeout_s=settings.engine_queue_timeout_s,
                 job_timeout_s=settings.engine_job_timeout_s,
+                cost=CostModel(*COST_PRIORS[engine]),
             )
             for engine in set(self._model_engines.values())
         }

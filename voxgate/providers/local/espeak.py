@@ -83,7 +83,7 @@ class EspeakEngine:
         return 0
 
     async def synthesize(self, job: SpeechJob) -> AsyncGenerator[PcmChunk, None]:
-        async with self.gate.slot() as deadline:
+        async with self.gate.slot(len(job.text)) as deadline:
             began, spoken_s = time.monotonic(), 0.0
             async for chunk in iterate_in_thread(
                 lambda: self._synthesize(job), deadline=deadline, niceness=SPEECH_NICENESS

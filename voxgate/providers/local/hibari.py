@@ -44,7 +44,7 @@ class HibariEngine:
         self._tts("Warm up.")  # loads the phonemizer (lexicon, tagger, OOV net): ~1 s once
 
     async def synthesize(self, job: SpeechJob) -> AsyncGenerator[PcmChunk, None]:
-        async with self.gate.slot() as deadline:
+        async with self.gate.slot(len(job.text)) as deadline:
             async for chunk in iterate_in_thread(
                 lambda: self._synthesize(job), deadline=deadline, niceness=SPEECH_NICENESS
             ):
