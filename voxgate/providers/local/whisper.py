@@ -38,7 +38,7 @@ from voxgate import metrics
 from voxgate.audio import WHISPER_SAMPLE_RATE, MeasuredAudio
 from voxgate.audio_windows import WINDOW_S, Stitcher, Window, Windower, speech_chunks
 from voxgate.concurrency import EngineGate, iterate_in_thread, run_in_engine_thread, run_in_thread
-from voxgate.memory import release_memory
+from voxgate.memory import bound_heap, release_memory
 from voxgate.providers.base import Segment, Transcription, TranscriptionJob, Word
 
 # Never let faster-whisper or huggingface_hub reach for the network.
@@ -46,7 +46,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from faster_whisper import BatchedInferencePipeline, WhisperModel
 from faster_whisper.transcribe import Segment as FwSegment
-from faster_whisper.transcribe import TranscriptionInfo
+from faster_whisper.transcribe import TranscriptionInfo, get_ctranslate2_storage
 from faster_whisper.transcribe import Word as FwWord
 
 _WINDOW_S = 30.0
@@ -86,7 +86,7 @@ class WhisperEngine:
         self._beam_size = beam_size
         self._batch_size = batch_size
         self._timestamp_tokens = timestamp_tokens
-        self._model = WhisperModel(
+        self._model = _OneChunkEncoder(
             str(model_dir),
             device="cpu",
             compute_type=compute_type,
@@ -279,6 +279,22 @@ class WhisperEngine:
         await transcription.all_segments()
 
 
+class _OneChunkEncoder(WhisperModel):  # type: ignore[misc]  # faster_whisper ships no hints
+    """Encodes a batch one 30 s chunk at a time; the decoder still gets the whole batch.
+
+    The encoder's self-attention over a chunk's 1,500 frames holds about 100 MB of scores per
+    chunk while it runs, so a batch of 4 encoded together raised the server's peak by 400 MB
+    (docs/benchmarks.md, "Long audio"). The outputs (1.5 MB per chunk) are the same either way:
+    CTranslate2 quantizes activations row by row.
+    """
+
+    def encode(self, features: np.ndarray) -> Any:  # a ctranslate2.StorageView
+        if features.ndim == 2 or len(features) == 1:
+            return super().encode(features)
+        outputs = [np.asarray(super().encode(chunk)) for chunk in features]
+        return get_ctranslate2_storage(np.concatenate(outputs))
+
+
 def _detected(info: TranscriptionInfo, probability: float | None) -> TranscriptionInfo:
     """``info`` with the probability of the language detected before ``transcribe`` (which,
     given the language, reports 1)."""
@@ -330,6 +346,8 @@ def _to_segment(index: int, raw: FwSegment, *, keep_words: bool) -> Segment:
 
 
 async def load_whisper(model_dir: Path, gate: EngineGate, **options: Any) -> WhisperEngine:
+    # Before the weights: what inference frees must go back to the OS (voxgate.memory).
+    bound_heap()
     # In a low-priority thread: CTranslate2's pool inherits it (see lower_thread_priority).
     return await run_in_engine_thread(lambda: WhisperEngine(model_dir, gate, **options))
 
