@@ -291,8 +291,8 @@ class _OneChunkEncoder(WhisperModel):  # type: ignore[misc]  # faster_whisper sh
     def encode(self, features: np.ndarray) -> Any:  # a ctranslate2.StorageView
         if features.ndim == 2 or len(features) == 1:
             return super().encode(features)
-        outputs = [np.asarray(super().encode(chunk)) for chunk in features]
-        return get_ctranslate2_storage(np.concatenate(outputs))
+        encode = super().encode  # (a bare super() cannot work inside the comprehension)
+        return get_ctranslate2_storage(np.concatenate([np.asarray(encode(f)) for f in features]))
 
 
 def _detected(info: TranscriptionInfo, probability: float | None) -> TranscriptionInfo:
