@@ -4,8 +4,11 @@ Builds an hour (``--minutes``) of real speech from the English clips of tests/da
 (bench/long_audio.py: clips joined with a second of silence, Opus, about 14 MB), starts
 ``voxgate serve`` with a 100 MiB upload limit, measures its idle RSS, streams one
 transcription of the file and samples the server's RSS from /proc every 0.2 s meanwhile.
-Reported: idle and peak RSS (and peak - idle), time from the end of the upload to the first
-``transcript.text.delta``, wall time, and how far the transcript got.
+Reported: idle and peak RSS (and peak - idle; RssAnon, the heap's part, beside it), time from
+the end of the upload to the first ``transcript.text.delta``, wall time, and how far the
+transcript got. ``--no-stream`` asks for one JSON body instead (long windows are then decoded
+in batches of ``VOXGATE_WHISPER_BATCH_SIZE`` chunks, a streamed job one chunk at a time);
+``--env NAME=VALUE`` gives the servers a setting or an allocator variable to compare.
 
 A whole hour takes Whisper base longer than a busy shared machine gives a benchmark, so
 ``--budget-s`` bounds the wall time: after it the client leaves (which also checks that the
@@ -158,7 +161,7 @@ def stream_once(
     first: float | None = None
     text: list[str] = []
     finished = False
-    http = httpx.Client(base_url=server.base_url, timeout=budget_s + 600)
+    http = httpx.Client(base_url=server.base_url, timeout=budget_s + (600 if stream else 0))
     with (
         http,
         http.stream("POST", "/v1/audio/transcriptions", content=body(), headers=headers) as r,
@@ -167,8 +170,11 @@ def stream_once(
             r.read()
             raise RuntimeError(f"{r.status_code}: {r.text}")
         if not stream:  # one JSON body at the end: the whole text is one "delta"
-            text.append(json.loads(r.read())["text"])
-            first, finished = time.monotonic(), True
+            try:
+                text.append(json.loads(r.read())["text"])
+                first, finished = time.monotonic(), True
+            except httpx.ReadTimeout:
+                log(f"  budget of {budget_s:.0f} s spent: leaving")
         for line in r.iter_lines() if stream else ():
             if not line.startswith("data: "):
                 continue

@@ -38,7 +38,7 @@ from voxgate import metrics
 from voxgate.audio import WHISPER_SAMPLE_RATE, MeasuredAudio
 from voxgate.audio_windows import WINDOW_S, Stitcher, Window, Windower, speech_chunks
 from voxgate.concurrency import EngineGate, iterate_in_thread, run_in_engine_thread, run_in_thread
-from voxgate.memory import bound_heap, release_memory
+from voxgate.memory import release_memory
 from voxgate.providers.base import Segment, Transcription, TranscriptionJob, Word
 
 # Never let faster-whisper or huggingface_hub reach for the network.
@@ -55,8 +55,6 @@ _SENTENCE_END = (".", "?", "!", "\u3002", "\uff1f", "\uff01")
 # The language reported when no window holds speech (and the client named none).
 _NO_SPEECH_LANGUAGE = "en"
 _FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-# After a job on more than this much audio, give the freed heap back to the OS.
-_TRIM_AFTER_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -125,7 +123,7 @@ class WhisperEngine:
                         job.engine_model, time.monotonic() - began, audio.duration_s
                     )
             finally:
-                if audio.duration_s > _TRIM_AFTER_S:
+                if audio.duration_s > _WINDOW_S:  # a cancelled job's last window too
                     with anyio.CancelScope(shield=True):
                         await run_in_thread(release_memory)
 
@@ -146,6 +144,8 @@ class WhisperEngine:
                 started, language = True, language or info.language
             for segment in raw_segments:
                 yield stitcher.place(segment, window)
+            if window.duration_s > _WINDOW_S:
+                release_memory()  # before the next window's peak, not on top of it
         if not started:  # no speech anywhere: nothing to detect a language from
             yield _Started(language or _NO_SPEECH_LANGUAGE, 0.0, audio.duration_s)
 
@@ -199,6 +199,9 @@ class WhisperEngine:
         # Utterances are decoded in chunks of up to 15 s (audio_windows.MERGE_S): merged into
         # 30 s chunks (faster-whisper's default), Whisper base dropped whole sentences.
         speech = speech_chunks(window.audio, job.chunking, max_speech_s=_WINDOW_S)
+        # Silero VAD's activations for the window (tens of MB) stay on this thread's heap once
+        # freed, and CTranslate2 allocates in its own threads: return them before encoding.
+        release_memory()
         if not speech:
             return None
         chunks, info = self._batched.transcribe(
@@ -346,8 +349,6 @@ def _to_segment(index: int, raw: FwSegment, *, keep_words: bool) -> Segment:
 
 
 async def load_whisper(model_dir: Path, gate: EngineGate, **options: Any) -> WhisperEngine:
-    # Before the weights: what inference frees must go back to the OS (voxgate.memory).
-    bound_heap()
     # In a low-priority thread: CTranslate2's pool inherits it (see lower_thread_priority).
     return await run_in_engine_thread(lambda: WhisperEngine(model_dir, gate, **options))
 
