@@ -267,6 +267,7 @@ def main() -> None:
     parser.add_argument("--quality-minutes", type=float, default=0.0)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--cache", type=Path, help="keep the built hour here between runs")
+    parser.add_argument("--startup-s", type=float, default=600.0, help="wait this long for /health")
     parser.add_argument(
         "--no-stream",
         action="store_true",
@@ -308,7 +309,7 @@ def main() -> None:
                 | extra,
             )
             log(f"server from {code}")
-            with running_server(env, work / f"server-{code.name}.log", 600) as server:
+            with running_server(env, work / f"server-{code.name}.log", args.startup_s) as server:
                 run = stream_once(
                     server, long_file, args.budget_s, str(code), extra, stream=not args.no_stream
                 )
