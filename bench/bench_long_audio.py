@@ -4,8 +4,11 @@ Builds an hour (``--minutes``) of real speech from the English clips of tests/da
 (bench/long_audio.py: clips joined with a second of silence, Opus, about 14 MB), starts
 ``voxgate serve`` with a 100 MiB upload limit, measures its idle RSS, streams one
 transcription of the file and samples the server's RSS from /proc every 0.2 s meanwhile.
-Reported: idle and peak RSS (and peak - idle), time from the end of the upload to the first
-``transcript.text.delta``, wall time, and how far the transcript got.
+Reported: idle and peak RSS (and peak - idle; RssAnon, the heap's part, beside it), time from
+the end of the upload to the first ``transcript.text.delta``, wall time, and how far the
+transcript got. ``--no-stream`` asks for one JSON body instead (long windows are then decoded
+in batches of ``VOXGATE_WHISPER_BATCH_SIZE`` chunks, a streamed job one chunk at a time);
+``--env NAME=VALUE`` gives the servers a setting or an allocator variable to compare.
 
 A whole hour takes Whisper base longer than a busy shared machine gives a benchmark, so
 ``--budget-s`` bounds the wall time: after it the client leaves (which also checks that the
@@ -44,11 +47,12 @@ from test_transcriptions import normalise, wer
 API_KEY = "sk-bench-long-audio"
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """One memory field of /proc/PID/status in MB: VmRSS, or its parts RssAnon and RssFile."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
+    raise RuntimeError(f"no {field} for {pid}")
 
 
 class RssSampler(threading.Thread):
@@ -58,12 +62,14 @@ class RssSampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.interval_s = pid, interval_s
         self.peak_mb = 0.0
+        self.peak_anon_mb = 0.0  # the heap's part of the peak (RssFile is the mapped libraries)
         self._halt = threading.Event()
 
     def run(self) -> None:
         while not self._halt.is_set():
             try:
                 self.peak_mb = max(self.peak_mb, rss_mb(self.pid))
+                self.peak_anon_mb = max(self.peak_anon_mb, rss_mb(self.pid, "RssAnon"))
             except (OSError, RuntimeError):
                 return
             time.sleep(self.interval_s)
@@ -77,9 +83,12 @@ class RssSampler(threading.Thread):
 @dataclass
 class Run:
     code: str
+    env: dict[str, str]
     audio_s: float
     idle_rss_mb: float
     peak_rss_mb: float
+    idle_anon_mb: float
+    peak_anon_mb: float
     upload_s: float
     first_delta_after_upload_s: float | None
     wall_s: float
@@ -121,13 +130,22 @@ def _multipart(path: Path, fields: dict[str, str]) -> tuple[_TimedUpload, bytes,
     return _TimedUpload(path), head, f"\r\n--{boundary}--\r\n".encode(), boundary
 
 
-def stream_once(server: Server, long_file: LongFile, budget_s: float, code: str) -> Run:
+def stream_once(
+    server: Server,
+    long_file: LongFile,
+    budget_s: float,
+    code: str,
+    env: dict[str, str],
+    *,
+    stream: bool = True,
+) -> Run:
     time.sleep(3)  # let the warm-up's garbage settle
     idle = min(rss_mb(server.pid) for _ in range(5) if not time.sleep(0.2))
+    idle_anon = rss_mb(server.pid, "RssAnon")
     sampler = RssSampler(server.pid)
     sampler.start()
     upload, head, tail, boundary = _multipart(
-        long_file.path, {"model": "whisper-1", "stream": "true"}
+        long_file.path, {"model": "whisper-1", "stream": str(stream).lower()}
     )
 
     def body() -> Any:
@@ -143,7 +161,7 @@ def stream_once(server: Server, long_file: LongFile, budget_s: float, code: str)
     first: float | None = None
     text: list[str] = []
     finished = False
-    http = httpx.Client(base_url=server.base_url, timeout=budget_s + 600)
+    http = httpx.Client(base_url=server.base_url, timeout=budget_s + (600 if stream else 0))
     with (
         http,
         http.stream("POST", "/v1/audio/transcriptions", content=body(), headers=headers) as r,
@@ -151,7 +169,13 @@ def stream_once(server: Server, long_file: LongFile, budget_s: float, code: str)
         if r.status_code != 200:
             r.read()
             raise RuntimeError(f"{r.status_code}: {r.text}")
-        for line in r.iter_lines():
+        if not stream:  # one JSON body at the end: the whole text is one "delta"
+            try:
+                text.append(json.loads(r.read())["text"])
+                first, finished = time.monotonic(), True
+            except httpx.ReadTimeout:
+                log(f"  budget of {budget_s:.0f} s spent: leaving")
+        for line in r.iter_lines() if stream else ():
             if not line.startswith("data: "):
                 continue
             event = json.loads(line[6:])
@@ -172,9 +196,12 @@ def stream_once(server: Server, long_file: LongFile, budget_s: float, code: str)
     prefix = " ".join(reference[: len(hypothesis)])
     return Run(
         code=code,
+        env=env,
         audio_s=long_file.duration_s,
         idle_rss_mb=round(idle, 1),
         peak_rss_mb=round(peak, 1),
+        idle_anon_mb=round(idle_anon, 1),
+        peak_anon_mb=round(sampler.peak_anon_mb, 1),
         upload_s=round(upload_done - started, 2),
         first_delta_after_upload_s=round(first - upload_done, 2) if first else None,
         wall_s=round(wall, 1),
@@ -240,8 +267,22 @@ def main() -> None:
     parser.add_argument("--quality-minutes", type=float, default=0.0)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--cache", type=Path, help="keep the built hour here between runs")
+    parser.add_argument("--startup-s", type=float, default=600.0, help="wait this long for /health")
+    parser.add_argument(
+        "--no-stream",
+        action="store_true",
+        help="ask for one JSON body instead (long audio is then decoded in full batches)",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an extra variable for the servers (VOXGATE_WHISPER_BATCH_SIZE=1, MALLOC_ARENA_MAX=2)",
+    )
     args = parser.parse_args()
     codes = [Path(c).resolve() for c in args.code or [str(REPO)]]
+    extra = dict(item.split("=", 1) for item in args.env)
     results: dict[str, Any] = {"load_average_before": load_average(), "runs": []}
     with tempfile.TemporaryDirectory(prefix="bench-long-") as tmp:
         work = Path(tmp)
@@ -264,11 +305,14 @@ def main() -> None:
                     "VOXGATE_MAX_UPLOAD_MB": "100",
                     "VOXGATE_ENGINE_JOB_TIMEOUT_S": "86400",
                     "PYTHONPATH": str(code),
-                },
+                }
+                | extra,
             )
             log(f"server from {code}")
-            with running_server(env, work / f"server-{code.name}.log", 600) as server:
-                run = stream_once(server, long_file, args.budget_s, str(code))
+            with running_server(env, work / f"server-{code.name}.log", args.startup_s) as server:
+                run = stream_once(
+                    server, long_file, args.budget_s, str(code), extra, stream=not args.no_stream
+                )
                 entry = asdict(run) | {"peak_over_idle_mb": round(run.peak_over_idle_mb, 1)}
                 log(json.dumps(entry))
                 results["runs"].append(entry)

@@ -1,7 +1,10 @@
 """Give freed heap memory back to the operating system after big jobs.
 
 Decoding hours of audio and running Whisper on it leave glibc's heap full of free but mapped
-pages, so a server's RSS stayed at gigabytes after the job. ``malloc_trim(0)`` returns them.
+pages, so a server's RSS stayed at gigabytes after the job. ``malloc_trim(0)`` returns them;
+Whisper calls it after each long window's VAD and after each long window. (Fixing glibc's mmap
+threshold with ``mallopt`` instead kept the heap as small but doubled the page faults and cost
+Whisper 10 to 30 % more CPU: docs/benchmarks.md, "Long audio".)
 Other C libraries (musl) have no such call and keep their own policy: it is then a no-op.
 """
 

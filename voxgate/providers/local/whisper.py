@@ -49,7 +49,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from faster_whisper import BatchedInferencePipeline, WhisperModel
 from faster_whisper.transcribe import Segment as FwSegment
-from faster_whisper.transcribe import TranscriptionInfo
+from faster_whisper.transcribe import TranscriptionInfo, get_ctranslate2_storage
 from faster_whisper.transcribe import Word as FwWord
 
 _WINDOW_S = 30.0
@@ -58,8 +58,6 @@ _SENTENCE_END = (".", "?", "!", "\u3002", "\uff1f", "\uff01")
 # The language reported when no window holds speech (and the client named none).
 _NO_SPEECH_LANGUAGE = "en"
 _FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-# After a job on more than this much audio, give the freed heap back to the OS.
-_TRIM_AFTER_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,7 @@ class WhisperEngine:
         self._beam_size = beam_size
         self._batch_size = batch_size
         self._timestamp_tokens = timestamp_tokens
-        self._model = WhisperModel(
+        self._model = _OneChunkEncoder(
             str(model_dir),
             device="cpu",
             compute_type=compute_type,
@@ -133,7 +131,7 @@ class WhisperEngine:
                         job.engine_model, time.monotonic() - began, audio.duration_s
                     )
             finally:
-                if audio.duration_s > _TRIM_AFTER_S:
+                if audio.duration_s > _WINDOW_S:  # a cancelled job's last window too
                     with anyio.CancelScope(shield=True):
                         await run_in_thread(release_memory)
 
@@ -154,6 +152,8 @@ class WhisperEngine:
                 started, language = True, language or info.language
             for segment in raw_segments:
                 yield stitcher.place(segment, window)
+            if window.duration_s > _WINDOW_S:
+                release_memory()  # before the next window's peak, not on top of it
         if not started:  # no speech anywhere: nothing to detect a language from
             yield _Started(language or _NO_SPEECH_LANGUAGE, 0.0, audio.duration_s)
 
@@ -207,6 +207,9 @@ class WhisperEngine:
         # Utterances are decoded in chunks of up to 15 s (audio_windows.MERGE_S): merged into
         # 30 s chunks (faster-whisper's default), Whisper base dropped whole sentences.
         speech = speech_chunks(window.audio, job.chunking, max_speech_s=_WINDOW_S)
+        # Silero VAD's activations for the window (tens of MB) stay on this thread's heap once
+        # freed, and CTranslate2 allocates in its own threads: return them before encoding.
+        release_memory()
         if not speech:
             return None
         chunks, info = self._batched.transcribe(
@@ -297,6 +300,22 @@ def _silent_wav(samples: int) -> bytes:
         out.setframerate(WHISPER_SAMPLE_RATE)
         out.writeframes(bytes(2 * samples))
     return buffer.getvalue()
+
+
+class _OneChunkEncoder(WhisperModel):  # type: ignore[misc]  # faster_whisper ships no hints
+    """Encodes a batch one 30 s chunk at a time; the decoder still gets the whole batch.
+
+    The encoder's self-attention over a chunk's 1,500 frames holds about 100 MB of scores per
+    chunk while it runs: four chunks encoded together raised the peak by 351 MB, one at a time
+    by under 100 MB (docs/benchmarks.md, "Long audio"). The outputs (3 MB per chunk) match
+    (tests/test_whisper_memory.py), and so did the transcripts, at no cost in CPU time.
+    """
+
+    def encode(self, features: np.ndarray) -> Any:  # a ctranslate2.StorageView
+        if features.ndim == 2 or len(features) == 1:
+            return super().encode(features)
+        encode = super().encode  # (a bare super() cannot work inside the comprehension)
+        return get_ctranslate2_storage(np.concatenate([np.asarray(encode(f)) for f in features]))
 
 
 def _detected(info: TranscriptionInfo, probability: float | None) -> TranscriptionInfo:
