@@ -45,6 +45,7 @@ from voxgate.providers.base import SpeechJob, Task, Transcription, Transcription
 from voxgate.providers.config import Target
 from voxgate.providers.upstream.client import AttemptFailed, UpstreamClient
 from voxgate.providers.upstream.multipart import MultipartBody
+from voxgate.services.chunked import split_if_needed
 from voxgate.services.metering import Ticket
 from voxgate.services.routing import Router
 from voxgate.services.speech import (
@@ -281,6 +282,10 @@ async def relay_transcription(
         if client is None:
             seconds = await asyncio.shield(measured)
             return await _local_transcription(router, catalog, ticket, target, request, seconds)
+        split = await split_if_needed(router, client, target, request, measured, ticket)
+        if split is not None:  # too long or large for this provider: sent in pieces
+            cleanup.push_async_callback(split.aclose)
+            return Delivery(target, split.media_type, split.body)
         fields = [(k, target.model if k == "model" else v) for k, v in request.fields]
         multipart = MultipartBody(fields, request.upload)
         opened = await _open(
