@@ -1,4 +1,4 @@
-"""The chunker's pure parts (voxgate/services/chunked.py, audio_windows.Windower): where long
+"""The chunker's pure parts (services/chunked.py, services/stitching.py, audio_windows): where long
 audio is cut, which fields each piece carries, and how the pieces' answers are stitched and
 rendered. No server; the cut test runs Silero VAD on a real recording.
 """
@@ -18,23 +18,10 @@ from voxgate import schemas
 from voxgate.audio import WHISPER_SAMPLE_RATE, pcm_pieces
 from voxgate.audio_windows import AUTO, Windower
 from voxgate.providers.config import ProviderSpec
-from voxgate.services.chunked import (
-    Piece,
-    PieceAnswer,
-    in_order,
-    must_split,
-    parse_answer,
-    piece_fields,
-    piece_s,
-    render,
-    stitch,
-)
+from voxgate.services.chunked import in_order, must_split, piece_fields, piece_s
+from voxgate.services.stitching import PieceAnswer, parse_answer, render, stitch
 
 MIB = 1024 * 1024
-
-
-def _piece(index: int, offset_s: float, duration_s: float) -> Piece:
-    return Piece(index, offset_s, duration_s, b"")
 
 
 def _verbose(text: str, segments: list[tuple[float, float, str]], words: Any = None) -> bytes:
@@ -118,7 +105,8 @@ def test_piece_fields_replace_model_and_set_the_format_voxgate_stitches() -> Non
 
 def test_stitch_moves_segments_and_words_and_renumbers() -> None:
     first = parse_answer(
-        _piece(0, 0.0, 10.0),
+        0.0,
+        10.0,
         _verbose(
             " One two. Three.",
             [(0.0, 4.0, " One two."), (4.0, 10.5, " Three.")],  # ends past its piece
@@ -126,7 +114,8 @@ def test_stitch_moves_segments_and_words_and_renumbers() -> None:
         ),
     )
     second = parse_answer(
-        _piece(1, 10.0, 5.0),
+        10.0,
+        5.0,
         _verbose("Four.", [(0.2, 4.8, "Four.")], [("Four.", 0.3, 1.0)]),
     )
     segments = stitch([first, second])
@@ -140,22 +129,22 @@ def test_stitch_moves_segments_and_words_and_renumbers() -> None:
 
 
 def test_answers_without_segments_span_their_piece() -> None:
-    plain = parse_answer(_piece(0, 0.0, 8.0), json.dumps({"text": "Hello there."}).encode())
-    text = parse_answer(_piece(1, 8.0, 4.0), b"General Kenobi.\n", "text/plain")
-    silent = parse_answer(_piece(2, 12.0, 3.0), json.dumps({"text": ""}).encode())
+    plain = parse_answer(0.0, 8.0, json.dumps({"text": "Hello there."}).encode())
+    text = parse_answer(8.0, 4.0, b"General Kenobi.\n", "text/plain")
+    silent = parse_answer(12.0, 3.0, json.dumps({"text": ""}).encode())
     segments = stitch([plain, text, silent])
     assert [(s.start, s.end, s.text) for s in segments] == [
         (0.0, 8.0, " Hello there."),
         (8.0, 12.0, " General Kenobi."),
     ]
     with pytest.raises(ValueError):
-        parse_answer(_piece(0, 0.0, 1.0), b'{"error": "nope"}')
+        parse_answer(0.0, 1.0, b'{"error": "nope"}')
 
 
 def test_render_each_format_from_the_stitched_pieces() -> None:
     answers = [
-        parse_answer(_piece(0, 0.0, 61.5), _verbose("A.", [(0.0, 61.5, " A.")])),
-        parse_answer(_piece(1, 61.5, 3.0), _verbose("B.", [(0.5, 2.0, " B.")])),
+        parse_answer(0.0, 61.5, _verbose("A.", [(0.0, 61.5, " A.")])),
+        parse_answer(61.5, 3.0, _verbose("B.", [(0.5, 2.0, " B.")])),
     ]
     verbose, media = render(answers, _form(response_format="verbose_json"), task="transcribe",
                             duration_s=64.5)  # fmt: skip
@@ -175,7 +164,7 @@ def test_logprobs_of_every_piece_are_kept_in_order() -> None:
     def answer(index: int, token: str) -> PieceAnswer:
         logprob = {"token": token, "logprob": -0.1, "bytes": list(token.encode())}
         body = json.dumps({"text": token, "logprobs": [logprob]}).encode()
-        return parse_answer(_piece(index, index * 10.0, 10.0), body)
+        return parse_answer(index * 10.0, 10.0, body)
 
     form = _form(response_format="json", include=["logprobs"])
     body = json.loads(render([answer(0, "a"), answer(1, "b")], form, task="transcribe",

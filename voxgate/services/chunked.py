@@ -13,8 +13,8 @@ and the audio is longer than one piece, the remote attempt sends pieces instead:
   replaced) under the provider's retry policy and breaker (``Router.retrying``), at most
   ``chunk_concurrency`` at once, delivered in order. A piece that fails on every try fails the
   attempt (``AttemptFailed(final=True)``) so the chain falls back while nothing was delivered.
-- **Stitch**: answers are moved onto the file's timeline (``Stitcher.place_at``) and rendered in
-  the client's ``response_format`` by ``formats``; pieces are asked for verbose_json when times
+- **Stitch**: answers are moved onto the file's timeline and rendered in the client's
+  ``response_format`` (``services/stitching.py``); pieces are asked for verbose_json when times
   are wanted (srt, vtt, verbose_json), json otherwise. ``stream=true`` relays each piece's
   deltas as they arrive, piece after piece, then one ``transcript.text.done`` for the whole.
 
@@ -24,7 +24,6 @@ Nothing here knows HTTP handlers; billing stays the relay's (voxgate's measured 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import json
 import math
@@ -32,7 +31,7 @@ import re
 import tempfile
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol, TypeVar, cast
 
 import anyio
@@ -41,15 +40,16 @@ import numpy as np
 
 from voxgate import formats, schemas
 from voxgate.audio import WHISPER_SAMPLE_RATE, SpeechEncoder, pcm_pieces
-from voxgate.audio_windows import Stitcher, VadOptions, Windower
+from voxgate.audio_windows import VadOptions, Windower
 from voxgate.concurrency import iterate_in_thread
 from voxgate.errors import UpstreamFailed
-from voxgate.providers.base import Segment, Task, Word
+from voxgate.providers.base import Task
 from voxgate.providers.config import ProviderSpec, Target
 from voxgate.providers.upstream.client import AttemptFailed, UpstreamClient
 from voxgate.providers.upstream.multipart import MultipartBody
 from voxgate.services.metering import Ticket
 from voxgate.services.routing import Router
+from voxgate.services.stitching import PieceAnswer, parse_answer, render, spaced
 from voxgate.services.transcription import vad_options
 from voxgate.uploads import SpooledUpload
 
@@ -89,11 +89,17 @@ class Split:
 
     media_type: str
     body: bytes | AsyncGenerator[bytes, None]
+    #: What the body would close, for a body that never started (the client left first).
+    closers: tuple[Callable[[], Awaitable[None]], ...] = ()
 
     async def aclose(self) -> None:
-        if not isinstance(self.body, bytes):
-            with anyio.CancelScope(shield=True), contextlib.suppress(RuntimeError):
-                await self.body.aclose()
+        with anyio.CancelScope(shield=True):
+            if not isinstance(self.body, bytes):
+                with contextlib.suppress(RuntimeError):
+                    await self.body.aclose()
+            for close in self.closers:
+                with contextlib.suppress(RuntimeError):
+                    await close()
 
 
 # --- when and how long ------------------------------------------------------------------------
@@ -142,11 +148,18 @@ class Piece:
         return SpooledUpload(file, len(self.flac), f"piece-{self.index + 1}.flac", "audio/flac")
 
 
+#: Samples converted to 16-bit and fed to the encoder at a time: a 600 s window is never
+#: copied whole into temporaries (each would be 38 MB).
+_ENCODE_BLOCK = 10 * WHISPER_SAMPLE_RATE
+
+
 def encode_flac(audio: np.ndarray) -> bytes:
     """16 kHz float32 samples as a FLAC file (lossless, about half of raw PCM for speech)."""
     encoder = SpeechEncoder("flac", WHISPER_SAMPLE_RATE, whole=True)
     try:
-        encoder.encode(np.clip(audio * 32767.0, -32768, 32767).astype(np.int16))
+        for start in range(0, len(audio), _ENCODE_BLOCK):
+            block = audio[start : start + _ENCODE_BLOCK] * 32767.0
+            encoder.encode(np.clip(block, -32768, 32767, out=block).astype(np.int16))
         return encoder.finish()
     finally:
         encoder.close()
@@ -180,132 +193,6 @@ def piece_fields(
     if stream:
         sent.append(("stream", "true"))
     return sent
-
-
-# --- answers and stitching (pure) -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PieceAnswer:
-    """One piece's transcript on the piece's own timeline."""
-
-    piece: Piece
-    text: str
-    segments: tuple[Segment, ...] = ()
-    language: str | None = None
-    logprobs: tuple[schemas.Logprob, ...] = ()
-
-
-def parse_answer(piece: Piece, body: bytes, content_type: str = "application/json") -> PieceAnswer:
-    """An upstream's json / verbose_json (or plain text) answer. Raises ValueError/TypeError
-    for one that is not a transcript."""
-    if "json" not in content_type:
-        plain = body.decode("utf-8", "replace").strip()
-        return PieceAnswer(piece, plain, _segments([], [], plain, piece.duration_s))
-    data = json.loads(body)
-    if not isinstance(data, dict) or not isinstance(data.get("text"), str):
-        raise ValueError("not a transcript")
-    text: str = data["text"]
-    segments = _segments(
-        data.get("segments") or [], data.get("words") or [], text, piece.duration_s
-    )
-    language = data.get("language")
-    logprobs = tuple(schemas.Logprob.model_validate(x) for x in data.get("logprobs") or [])
-    return PieceAnswer(
-        piece, text, segments, language if isinstance(language, str) else None, logprobs
-    )
-
-
-def _segments(
-    raw_segments: list[Any], raw_words: list[Any], text: str, duration_s: float
-) -> tuple[Segment, ...]:
-    """Segments with their words (OpenAI lists words apart: each goes to the last segment that
-    starts at or before it); an answer without segments is one segment over the whole piece."""
-    segments = [_segment(n, raw) for n, raw in enumerate(raw_segments)]
-    if not segments and (text.strip() or raw_words):
-        segments = [Segment(id=0, seek=0, start=0.0, end=duration_s, text=text)]
-    words = sorted((_word(raw) for raw in raw_words), key=lambda word: word.start)
-    if words and segments:
-        starts = [segment.start for segment in segments]
-        placed: list[list[Word]] = [[] for _ in segments]
-        for word in words:
-            placed[max(0, bisect.bisect_right(starts, word.start) - 1)].append(word)
-        segments = [replace(s, words=tuple(w)) for s, w in zip(segments, placed, strict=True)]
-    return tuple(replace(s, text=_spaced(s.text)) for s in segments)
-
-
-def _segment(number: int, raw: Any) -> Segment:
-    if not isinstance(raw, dict):
-        raise TypeError("segment is not an object")
-    return Segment(
-        id=int(raw.get("id", number)),
-        seek=int(raw.get("seek", 0)),
-        start=float(raw["start"]),
-        end=float(raw["end"]),
-        text=str(raw.get("text", "")),
-        tokens=tuple(int(token) for token in raw.get("tokens") or ()),
-        temperature=float(raw.get("temperature", 0.0)),
-        avg_logprob=float(raw.get("avg_logprob", 0.0)),
-        compression_ratio=float(raw.get("compression_ratio", 0.0)),
-        no_speech_prob=float(raw.get("no_speech_prob", 0.0)),
-    )
-
-
-def _word(raw: Any) -> Word:
-    if not isinstance(raw, dict):
-        raise TypeError("word is not an object")
-    return Word(
-        word=str(raw["word"]),
-        start=float(raw["start"]),
-        end=float(raw["end"]),
-        probability=float(raw.get("probability", 1.0)),
-    )
-
-
-def _spaced(text: str) -> str:
-    """Segment texts are joined as they are (Whisper's start with a space); one piece's first
-    must not run into the last word of the piece before it."""
-    return text if not text or text[0].isspace() else " " + text
-
-
-def stitch(answers: Sequence[PieceAnswer]) -> list[Segment]:
-    """Every piece's segments on the file's timeline, numbered in order."""
-    stitcher = Stitcher()
-    return [
-        stitcher.place_at(segment, answer.piece.offset_s, answer.piece.duration_s)
-        for answer in answers
-        for segment in answer.segments
-    ]
-
-
-def render(
-    answers: Sequence[PieceAnswer],
-    options: schemas.TranscriptionForm,
-    *,
-    task: Task,
-    duration_s: float,
-) -> tuple[str, str]:
-    """The stitched transcript as (body, media type) in the client's ``response_format``;
-    ``duration_s`` is voxgate's own measurement of the whole upload."""
-    segments = stitch(answers)
-    if "logprobs" in options.include and options.response_format == "json":
-        body = schemas.TranscriptionJson(
-            text=formats.transcript_text(segments),
-            usage=formats.usage(duration_s) if task == "transcribe" else None,
-            logprobs=[logprob for answer in answers for logprob in answer.logprobs],
-        )
-        return body.model_dump_json(exclude_none=True), "application/json"
-    words = "word" in options.timestamp_granularities
-    language = next((a.language for a in answers if a.language), options.language or "")
-    return formats.render(
-        options.response_format,
-        segments,
-        task=task,
-        language=language,
-        duration_s=duration_s,
-        words=words,
-        with_segments="segment" in options.timestamp_granularities or not words,
-    )
 
 
 # --- dispatch ---------------------------------------------------------------------------------
@@ -429,7 +316,8 @@ class _Dispatch:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
         try:
-            return parse_answer(piece, body, response.headers.get("content-type", ""))
+            kind = response.headers.get("content-type", "")
+            return parse_answer(piece.offset_s, piece.duration_s, body, kind)
         except (ValueError, TypeError, KeyError):
             raise AttemptFailed("answer was not a transcript") from None
 
@@ -506,7 +394,7 @@ async def _stream_body(
                     if not sent:
                         delta = delta.lstrip()
                     elif fresh:
-                        delta = _spaced(delta)
+                        delta = spaced(delta)
                     if not delta.strip() and fresh:
                         continue
                     fresh = False
@@ -602,4 +490,5 @@ async def split_if_needed(
     except BaseException:
         await opened.aclose()
         raise
-    return Split("text/event-stream", _stream_body(head, opened, ticket, seconds))
+    events = _stream_body(head, opened, ticket, seconds)
+    return Split("text/event-stream", events, (head.aclose, opened.aclose))
