@@ -25,6 +25,7 @@ from voxgate.services.chunked import encode_flac
 LONG_CLIP = "en-ljspeech-LJ001-0001-to-0032-long.flac"  # 5.7 MB, 221.75 s
 LONG_CLIP_S = 221.75
 SHORT_CLIP = "en-librispeech-1089-134686-0001.flac"  # 3.27 s
+SONNET = "en-librivox-shakespeare-sonnet001.mp3"  # 53.3 s
 CAP_BYTES = 1024 * 1024  # the capped provider's max_upload_mb = 1, the fake's @1024kb
 CAP_S = 15.0  # the short provider's max_audio_s, the fake's @15s
 # Clips joined (1 s of silence between) into a 45 s recording for the local fallback.
@@ -254,6 +255,26 @@ def test_stream_relays_each_pieces_deltas_in_order(gateway: Server, fake: FakeUp
     assert len(deltas) == len(verbose["text"].split())  # the fake's word-by-word deltas
     assert done["usage"]["seconds"] == 222
     assert {r["fields"]["stream"] for r in _pieces(fake)} == {"true"}
+
+
+def test_a_chunking_strategy_splits_audio_longer_than_one_piece(
+    gateway: Server, fake: FakeUpstream
+) -> None:
+    """The 53 s sonnet (an 0.4 MB mp3) fits the 1 MiB cap whole; with ``chunking_strategy``
+    voxgate chunks it itself (pieces of at most 29.5 s) and sends none the field."""
+    data = audio_path(SONNET).read_bytes()
+    whole = _post(gateway, "ch-size", data)
+    assert whole.status_code == 200, whole.text
+    assert len(_pieces(fake)) == 1
+    fake.reset()
+    strategy = '{"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 300}'
+    split = _post(gateway, "ch-size", data, chunking_strategy=strategy)
+    assert split.status_code == 200, split.text
+    records = _pieces(fake)
+    assert len(records) >= 2
+    _check_pieces(records, max_bytes=CAP_BYTES, max_s=29.5)
+    assert all(not k.startswith("chunking_strategy") for r in records for k in r["fields"])
+    assert split.json()["text"].count(DEFAULT_TEXT) == len(records)
 
 
 def test_a_duration_cap_splits_by_seconds(
