@@ -176,13 +176,17 @@ def speech_chunks(
 
 
 def _quietest_frame(region: np.ndarray) -> int:
-    """The start of the lowest-energy short frame: the least harmful place for a hard cut."""
+    """The middle of the lowest-energy short frame: the least harmful place for a cut. Of
+    frames about as quiet (digital silence: all of them), the one nearest the region's middle,
+    away from the speech on either side."""
     frame = int(_QUIET_FRAME_S * WHISPER_SAMPLE_RATE)
     if len(region) < frame:
         return len(region) // 2
     usable = len(region) // frame * frame
     energy = np.square(region[:usable].reshape(-1, frame)).sum(axis=1)
-    return int(np.argmin(energy)) * frame + frame // 2
+    quiet = np.flatnonzero(energy <= energy.min() * 2 + 1e-6)
+    middle = (len(energy) - 1) / 2
+    return int(quiet[np.argmin(np.abs(quiet - middle))]) * frame + frame // 2
 
 
 class Stitcher:
