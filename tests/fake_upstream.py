@@ -19,7 +19,15 @@ Behaviour by the request's ``model`` (prefix match); anything not listed succeed
 since the last reset get 503), ``reset`` (connection dropped with no response), ``slow-S`` (S
 seconds before the response headers), ``drip-MS`` (stream chunks/events MS ms apart), ``cut``
 (headers and a first chunk/event, then the connection closes), ``inflate`` (usage and duration
-claim 100x the real audio length), ``bad-request`` (400), ``auth-fail`` (401).
+claim 100x the real audio length), ``bad-request`` (400), ``auth-fail`` (401), ``flaky500-N``
+(first N requests per model name get 500), ``failfrom-N`` (the N-th request per model name and
+every later one get 500).
+
+A transcription model may end in a cap, ``@NKB`` (uploads over N KiB) or ``@NS`` (audio over N
+seconds), e.g. ``whisper-1@1024kb`` or ``flaky500-1@45s``: beyond it the answer is 413, as a
+provider with an upload limit gives. A capped model's transcript ends with the length of the
+audio it got (``hello from the fake upstream [29.51 s]``), so a stitched answer shows which
+piece each part came from.
 
 Every request is recorded (method, path, model, lower-cased headers, form fields or JSON body,
 the upload's sha256 and size, ``disconnected``, timestamps) and served at ``GET /_requests``;
@@ -278,6 +286,20 @@ FAILURES: dict[str, tuple[int, bytes, list[tuple[bytes, bytes]]]] = {
     ),
 }
 FLAKY_FAILURE = FAILURES["fail-503"]
+
+
+def split_cap(model: str) -> tuple[str, int | None, float | None]:
+    """``name@1024kb`` → (name, 1048576 bytes, None); ``name@45s`` → (name, None, 45.0)."""
+    base, _, cap = model.partition("@")
+    cap = cap.lower()
+    try:
+        if cap.endswith("kb"):
+            return base, int(float(cap[:-2]) * 1024), None
+        if cap.endswith("s"):
+            return base, None, float(cap[:-1])
+    except ValueError:
+        pass
+    return base, None, None
 
 
 def number_after(model: str, prefix: str) -> float:
@@ -597,6 +619,13 @@ class FakeUpstreamApp:
             self.flaky[model] = seen + 1
             if seen < number_after(model, "flaky-"):
                 failure = FLAKY_FAILURE
+        for prefix in ("flaky500-", "failfrom-"):
+            if failure is None and model.startswith(prefix):
+                seen = self.flaky.get(model, 0) + 1
+                self.flaky[model] = seen
+                limit = number_after(model, prefix)
+                if (seen <= limit) if prefix == "flaky500-" else (seen >= limit):
+                    failure = FAILURES["fail-500"]
         if failure is not None:
             status, body, extra = failure
             await ex.whole(status, body, "application/json", extra)
@@ -705,6 +734,7 @@ class FakeUpstreamApp:
             }
         model = str(upload.fields.get("model", ""))
         ex.record["model"] = model
+        model, max_bytes, max_s = split_cap(model)
         if await self.misbehave(ex, model):
             return
         if upload.file_field is None:
@@ -718,9 +748,23 @@ class FakeUpstreamApp:
             if upload.head[:4] == b"RIFF"
             else await asyncio.to_thread(upload.seconds)
         )
+        ex.record["file"]["seconds"] = round(seconds, 3)
+        too_large = max_bytes is not None and upload.size > max_bytes
+        if too_large or (max_s is not None and seconds > max_s):
+            limit = f"{max_bytes} bytes" if too_large else f"{max_s:g} s"
+            body = envelope(
+                f"The audio is over this model's limit of {limit} (fake upstream).",
+                "invalid_request_error",
+                "file",
+                "file_too_large",
+            )
+            await ex.whole(413, body, "application/json")
+            return
         if model.startswith("inflate"):
             seconds *= INFLATE
         text = self.config.text
+        if max_bytes is not None or max_s is not None:
+            text = f"{text} [{seconds:.2f} s]"
         streamed = str(upload.fields.get("stream", "false")).lower() == "true"
         if streamed:
             await self.stream(ex, model, transcript_events(text, seconds), "text/event-stream")

@@ -219,6 +219,37 @@ def test_flaky_fails_n_times_per_model_until_reset(up: FakeUpstream) -> None:
     assert speech(up, "flaky-2").status_code == 503
 
 
+def test_flaky500_and_failfrom_count_per_model(up: FakeUpstream) -> None:
+    assert [speech(up, "flaky500-1").status_code for _ in range(3)] == [500, 200, 200]
+    assert [speech(up, "failfrom-2").status_code for _ in range(3)] == [200, 500, 500]
+
+
+def transcribe(up: FakeUpstream, model: str, path: Path) -> httpx.Response:
+    return httpx.post(
+        f"{up.base_url}/audio/transcriptions",
+        data={"model": model},
+        files={"file": (path.name, path.read_bytes(), "audio/flac")},
+        timeout=30,
+    )
+
+
+def test_caps_refuse_larger_or_longer_uploads_with_413(up: FakeUpstream) -> None:
+    size_kb = FLAC.stat().st_size / 1024
+    assert transcribe(up, f"whisper-1@{size_kb + 1:.0f}kb", FLAC).status_code == 200
+    too_large = transcribe(up, f"whisper-1@{size_kb - 1:.0f}kb", FLAC)
+    assert too_large.status_code == 413
+    assert too_large.json()["error"]["param"] == "file"
+    assert transcribe(up, "whisper-1@10s", FLAC).status_code == 413  # 11 s
+    within = transcribe(up, "flaky500-1@12s", FLAC)
+    assert within.status_code == 500  # the mode before the cap
+    within = transcribe(up, "flaky500-1@12s", FLAC)
+    assert within.json()["text"] == f"{DEFAULT_TEXT} [11.00 s]"  # names what it got
+    measured = [r["file"].get("seconds") for r in up.requests()]
+    assert measured[3] is None  # the 500 came first
+    del measured[3]
+    assert measured == pytest.approx([11.0] * 4, abs=0.05)
+
+
 def test_reset_drops_the_connection_without_a_response(up: FakeUpstream) -> None:
     with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)):
         speech(up, "reset")

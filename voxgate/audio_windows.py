@@ -48,6 +48,8 @@ WINDOW_S = 120.0
 SEARCH_S = 30.0
 # With no silence in the search region at all, cut at its quietest frame of this length.
 _QUIET_FRAME_S = 0.03
+# A gap between VAD's speech chunks shorter than this is no pause to cut in.
+_MIN_GAP_S = 0.1
 # Segment times are rounded to the millisecond, as elsewhere in voxgate.
 _FRAMES_PER_S = 100  # Whisper's ``seek`` counts 10 ms mel frames
 
@@ -124,7 +126,11 @@ class Windower:
             yield Window(offset / WHISPER_SAMPLE_RATE, buffer[:length].copy())
 
     def cut(self, audio: np.ndarray) -> int:
-        """Where a full window ends: the middle of the longest silence in its last part."""
+        """Where a full window ends: the quietest frame of the longest silence in its last part.
+
+        Not the silence's middle: VAD ignores bursts shorter than an utterance (a breath, a
+        plosive), and the middle of a gap in the long recording fell on one (RMS 0.35).
+        """
         start = len(audio) - self._search
         region = audio[start:]
         speech = _silero().get_speech_timestamps(region, self._vad.silero(pad=False))
@@ -134,8 +140,9 @@ class Windower:
         edges.append(len(region))
         gaps = [(edges[i + 1] - edges[i], edges[i]) for i in range(0, len(edges), 2)]
         width, gap_start = max(gaps)
-        if width > 0:
-            return start + gap_start + width // 2
+        if width >= _MIN_GAP_S * WHISPER_SAMPLE_RATE:
+            return start + gap_start + _quietest_frame(region[gap_start : gap_start + width])
+        # No pause at all (a gap this short is VAD warming up at the region's start).
         return start + _quietest_frame(region)
 
 
@@ -169,11 +176,17 @@ def speech_chunks(
 
 
 def _quietest_frame(region: np.ndarray) -> int:
-    """The start of the lowest-energy short frame: the least harmful place for a hard cut."""
+    """The middle of the lowest-energy short frame: the least harmful place for a cut. Of
+    frames about as quiet (digital silence: all of them), the one nearest the region's middle,
+    away from the speech on either side."""
     frame = int(_QUIET_FRAME_S * WHISPER_SAMPLE_RATE)
+    if len(region) < frame:
+        return len(region) // 2
     usable = len(region) // frame * frame
     energy = np.square(region[:usable].reshape(-1, frame)).sum(axis=1)
-    return int(np.argmin(energy)) * frame + frame // 2
+    quiet = np.flatnonzero(energy <= energy.min() * 2 + 1e-6)
+    middle = (len(energy) - 1) / 2
+    return int(quiet[np.argmin(np.abs(quiet - middle))]) * frame + frame // 2
 
 
 class Stitcher:
@@ -187,7 +200,12 @@ class Stitcher:
         self._next_id = 0
 
     def place(self, segment: Segment, window: Window) -> Segment:
-        offset, end = window.offset_s, window.offset_s + window.duration_s
+        return self.place_at(segment, window.offset_s, window.duration_s)
+
+    def place_at(self, segment: Segment, offset: float, duration_s: float) -> Segment:
+        """``place`` for a piece known only by where it starts and how long it is (a remote
+        upstream's answer for a piece that was encoded and sent away)."""
+        end = offset + duration_s
 
         def moved(seconds: float) -> float:
             return round(min(max(seconds + offset, offset), end), 3)

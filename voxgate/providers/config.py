@@ -79,6 +79,12 @@ class ProviderSpec(_Strict):
     breaker_cooldown_s: float = Field(default=30.0, gt=0)  # open this long, then one probe
     max_connections: int = Field(default=256, ge=1)
     headers: dict[str, str] = {}
+    # What the provider accepts in one transcription upload; past either, voxgate splits the
+    # audio at silences and sends it piece by piece (services/chunked.py).
+    max_upload_mb: float = Field(default=25.0, ge=0.1)  # OpenAI's cap
+    max_audio_s: float | None = Field(default=None, gt=0)  # unset: no duration cap
+    chunk_s: float = Field(default=600.0, ge=5.0)  # the longest piece voxgate sends
+    chunk_concurrency: int = Field(default=3, ge=1, le=16)  # pieces in flight at once
 
 
 class RoutedModelSpec(_Strict):

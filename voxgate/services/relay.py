@@ -63,6 +63,7 @@ from voxgate.providers.base import SpeechJob, Transcription, TranscriptionJob
 from voxgate.providers.config import Target
 from voxgate.providers.upstream.client import AttemptFailed, UpstreamClient
 from voxgate.providers.upstream.multipart import MultipartBody
+from voxgate.services.chunked import split_if_needed
 from voxgate.services.metering import Ticket
 from voxgate.services.routing import Router
 from voxgate.services.speech import (
@@ -356,6 +357,10 @@ async def relay_transcription(
         if client is None:
             return LocalTranscription(target, await router.local.transcribe(local_job(target)))
         measured = seconds.start(measure_alongside)
+        split = await split_if_needed(router, client, target, request, measured, ticket)
+        if split is not None:  # too long or large for this provider: sent in pieces
+            cleanup.push_async_callback(split.aclose)
+            return Delivery(target, split.media_type, split.body)
         fields = [(k, target.model if k == "model" else v) for k, v in request.fields]
         multipart = MultipartBody(fields, request.upload)
         opened = await _open(

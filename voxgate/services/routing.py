@@ -87,7 +87,7 @@ class Router:
                     param="model",
                 )
             try:
-                result = await self._attempts(upstream, target, attempt)
+                result = await self.retrying(upstream, target, attempt)
                 return _served(entry, position, target), result
             except (AttemptFailed, UpstreamAuthFailed, _CircuitOpen) as exc:
                 last = exc
@@ -96,14 +96,24 @@ class Router:
                                 entry.id, _reason(exc), chain[position + 1].label)  # fmt: skip
         raise _final_error(entry, last)
 
-    async def _attempts(self, upstream: UpstreamClient, target: Target, attempt: Attempt[T]) -> T:
+    async def retrying(
+        self, upstream: UpstreamClient, target: Target, attempt: Attempt[T], *, gate: bool = True
+    ) -> T:
+        """``attempt`` on one target under its provider's retry policy and breaker.
+
+        ``gate=False``: a part of an attempt that already passed the breaker (a piece of long
+        audio), so it does not take, or wait for, the half-open probe again.
+        """
         spec, breaker = upstream.spec, upstream.breaker
         for number in range(spec.max_retries + 1):
-            if not breaker.allow():
+            if gate and not breaker.allow():
                 raise _CircuitOpen(upstream.name)
             try:
                 result = await attempt(target, upstream)
             except AttemptFailed as exc:
+                if exc.final:  # its parts were retried and counted already
+                    breaker.released()
+                    raise
                 breaker.failed(exc.reason)
                 count_upstream_attempt(upstream.name, "timeout" if exc.timed_out else "error")
                 if number == spec.max_retries:

@@ -48,9 +48,12 @@ class AttemptFailed(Exception):
         status: int | None = None,
         retry_after_s: float | None = None,
         timed_out: bool = False,
+        final: bool = False,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
+        # Retrying the same attempt cannot help (its parts were retried already): next target.
+        self.final = final
         self.timed_out = timed_out
         self.status = status
         self.retry_after_s = retry_after_s
