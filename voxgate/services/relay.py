@@ -37,7 +37,7 @@ import anyio
 import httpx
 
 from voxgate import schemas
-from voxgate.audio import MeasuredAudio, measure_duration, media_type, pcm_pieces
+from voxgate.audio import MeasuredAudio, measure_duration, media_type, pcm_pieces, wav_duration
 from voxgate.catalog import Catalog, CatalogEntry
 from voxgate.concurrency import run_in_thread
 from voxgate.errors import InvalidRequest, UpstreamFailed
@@ -338,7 +338,11 @@ def _relayed_transcription(
 
 
 async def _measure_and_reserve(ticket: Ticket, upload: SpooledUpload, max_s: float) -> float:
-    seconds = await run_in_thread(lambda: measure_duration(upload.reader(), max_s=max_s))
+    # A WAV in memory is measured from its chunks right here (microseconds, no thread hop);
+    # anything else, or a WAV too long, is demuxed or refused in a worker thread.
+    seconds = None if upload.on_disk else wav_duration(upload.reader(), max_chunks=16)
+    if seconds is None or seconds > max_s:
+        seconds = await run_in_thread(lambda: measure_duration(upload.reader(), max_s=max_s))
     await ticket.reserve(audio_seconds=seconds)
     return seconds
 
