@@ -31,9 +31,9 @@ class _CountingSpool(UploadSpool):
         super().__init__(**options)
         self.writes: list[int] = []
 
-    def _write(self, data: bytearray) -> None:
-        self.writes.append(len(data))
-        super()._write(data)
+    def _write(self, pieces: list[bytes]) -> None:
+        self.writes.append(sum(len(piece) for piece in pieces))
+        super()._write(pieces)
 
 
 def _spool_of(data: bytes, piece: int = 64 * KIB, **options: Any) -> tuple[UploadSpool, list[int]]:

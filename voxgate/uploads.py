@@ -15,11 +15,12 @@ very same bytes.
 
 from __future__ import annotations
 
+import bisect
 import io
 import os
 import tempfile
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, BinaryIO, cast
 
 from voxgate.concurrency import run_in_thread
@@ -114,10 +115,14 @@ class UploadSpool(_PositionalFile):
         self._budget = budget
         self._memory_limit = memory_limit
         self._write_batch = write_batch
-        self._memory: bytearray | None = bytearray()
+        # In memory: the pieces as they came, never joined: growing one buffer copied it over
+        # and over, and a fresh 2 MB block costs 512 page faults on every request.
+        self._memory: list[bytes] | None = []
+        self._starts: list[int] = []  # where each piece begins in the upload
         self._held = 0  # bytes of the budget this spool holds
         self._disk: BinaryIO | None = None
-        self._pending = bytearray()  # bytes for the disk file, not yet written
+        self._pending: list[bytes] = []  # pieces for the disk file, not yet written
+        self._pending_size = 0
         self.size = 0
 
     @property
@@ -128,19 +133,22 @@ class UploadSpool(_PositionalFile):
         """Add the next bytes of the upload."""
         if not data:
             return
+        data = bytes(data)
         self.size += len(data)
         if self._memory is not None:
             if self.size <= self._memory_limit and self._budget.take(len(data)):
                 self._held += len(data)
-                self._memory += data
+                self._starts.append(self.size - len(data))
+                self._memory.append(data)
                 return
             # Rolls over: what was in memory and these bytes go to disk in one hop.
-            self._pending = self._memory
-            self._memory = None
+            self._pending, self._pending_size = self._memory, self.size - len(data)
+            self._memory, self._starts = None, []
             self._budget.give_back(self._held)
             self._held = 0
-        self._pending += data
-        if len(self._pending) >= self._write_batch:
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= self._write_batch:
             await self._flush()
 
     async def finish(self) -> None:
@@ -149,13 +157,13 @@ class UploadSpool(_PositionalFile):
             await self._flush()
 
     async def _flush(self) -> None:
-        pending, self._pending = self._pending, bytearray()
+        pending, self._pending, self._pending_size = self._pending, [], 0
         await run_in_thread(self._write, pending)
 
-    def _write(self, data: bytearray) -> None:
+    def _write(self, pieces: list[bytes]) -> None:
         if self._disk is None:  # closed by close(); nothing else moves its position
             self._disk = cast(BinaryIO, tempfile.TemporaryFile())  # noqa: SIM115
-        self._disk.write(data)
+        self._disk.writelines(pieces)
         self._disk.flush()
 
     def read_at(self, offset: int, size: int) -> bytes:
@@ -164,14 +172,35 @@ class UploadSpool(_PositionalFile):
         if size == 0:
             return b""
         if self._memory is not None:
-            with memoryview(self._memory) as view:
-                return bytes(view[offset : offset + size])
+            return b"".join(self._pieces(offset, size))
         assert self._disk is not None and not self._pending, "finish() first"
         return os.pread(self._disk.fileno(), size, offset)
 
+    def _pieces(self, offset: int, size: int) -> Iterator[bytes]:
+        """The memory pieces covering ``size`` bytes from ``offset`` (whole ones uncopied)."""
+        assert self._memory is not None
+        end = offset + size
+        index = bisect.bisect_right(self._starts, offset) - 1
+        while offset < end and index < len(self._memory):
+            piece, start = self._memory[index], self._starts[index]
+            if offset == start and end >= start + len(piece):
+                yield piece
+            else:
+                with memoryview(piece) as view:
+                    yield bytes(view[offset - start : end - start])
+            offset = start + len(piece)
+            index += 1
+
+    def pieces(self) -> Iterator[bytes] | None:
+        """In memory: the whole upload as it was received, piece by piece (no copy); on disk:
+        None (read it with ``read_at`` in a thread)."""
+        if self._memory is None:
+            return None
+        return iter(list(self._memory))
+
     def close(self) -> None:
         if self._memory is not None:
-            self._memory = bytearray()
+            self._memory, self._starts = [], []
             self._budget.give_back(self._held)
             self._held = 0
         if self._disk is not None:
@@ -206,13 +235,15 @@ class SpooledUpload:
         return self._spool.read_at(offset, size)
 
     async def chunks(self, chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
-        """The whole upload, chunk by chunk; disk reads run in a worker thread."""
-        disk = self.on_disk
+        """The whole upload: from memory as the pieces it arrived in, from disk ``chunk_bytes``
+        at a time, each read in a worker thread."""
+        pieces = self._spool.pieces()
+        if pieces is not None:
+            for piece in pieces:
+                yield piece
+            return
         for offset in range(0, self.size, chunk_bytes):
-            if disk:
-                yield await run_in_thread(self.read_at, offset, chunk_bytes)
-            else:
-                yield self.read_at(offset, chunk_bytes)
+            yield await run_in_thread(self.read_at, offset, chunk_bytes)
 
     def reader(self) -> BinaryIO:
         """A file object of its own (own position) for PyAV and the local decoder."""
