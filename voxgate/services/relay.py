@@ -9,7 +9,7 @@ deliver → settle (the gateway, once the last byte left or the client did).
   delivered before its cost is reserved (the reservation, too, runs alongside the first
   attempt; a local target waits for it). Speech is billed on input characters, as locally.
 - **Route**: ``Router.walk`` tries the chain; each remote attempt sends the spooled upload
-  anew, byte for byte, from disk (``MultipartBody``), with the provider's key only.
+  anew, byte for byte, from its spool (``MultipartBody``), with the provider's key only.
 - **Deliver**: the upstream's body is relayed chunk by chunk as it arrives, untouched (same
   format: voxgate asks the upstream for exactly what the client asked for, so nothing is
   re-encoded). Once a byte went out there is no retry: an upstream that breaks off midway
