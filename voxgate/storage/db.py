@@ -18,8 +18,7 @@ On SQLite, a transaction that writes runs on this process's one writer thread. S
 writer at a time anyway; with 32 requests settling at once from the shared worker threads, each
 writer that found the lock taken slept in SQLite's busy handler (1, 2, 5, 10 ms ...) and the
 threads fought over the GIL. Queued on one thread, they run back to back. Reads (the key
-lookup) run on two reader threads of their own: in WAL mode they never wait for the writer,
-and 32 lookups at once no longer wake 32 threads.
+lookup) still run on any worker thread: in WAL mode they never wait for the writer.
 """
 
 from __future__ import annotations
@@ -113,11 +112,11 @@ class Database:
             else:
                 event.listen(engine, "handle_error", _unreachable)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._writer: ThreadPoolExecutor | None = None
-        self._readers: ThreadPoolExecutor | None = None
-        if self.is_sqlite:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="voxgate-sqlite-writer")
-            self._readers = ThreadPoolExecutor(2, thread_name_prefix="voxgate-sqlite-reader")
+        self._writer = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxgate-sqlite-writer")
+            if self.is_sqlite
+            else None
+        )
 
     async def migrate(self) -> None:
         """Bring the schema to head. Safe when several replicas start at once."""
@@ -128,10 +127,9 @@ class Database:
         in a worker thread: one thread hop for the whole transaction, the event loop never
         waits for the database. ``writes=False`` (it only reads) lets it run beside SQLite's
         writer thread."""
-        executor = self._writer if writes else self._readers
-        if executor is None:
+        if self._writer is None or not writes:
             return await run_in_thread(self._transact, work)
-        return await _to_the_end(executor, self._transact, work)
+        return await _to_the_end(self._writer, self._transact, work)
 
     def _transact(self, work: Callable[[Connection], T]) -> T:
         with self.sync_engine.begin() as connection:
@@ -148,9 +146,8 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
-        for executor in (self._writer, self._readers):
-            if executor is not None:
-                await run_in_thread(executor.shutdown)
+        if self._writer is not None:
+            await run_in_thread(self._writer.shutdown)
         await run_in_thread(self.sync_engine.dispose)
 
 
