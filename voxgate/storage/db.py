@@ -13,20 +13,12 @@ worker-thread call. Through the async ORM each statement paid for a session, the
 and an aiosqlite thread hop per step (begin, execute, commit), about 1 ms of CPU where sqlite3
 itself needs tens of microseconds; now a transaction is one hop and a cached compiled statement.
 The rest (admin, reports, migrations' neighbours) keeps the async ORM, where clarity wins.
-
-On SQLite, a transaction that writes runs on this process's one writer thread. SQLite takes one
-writer at a time anyway; with 32 requests settling at once from the shared worker threads, each
-writer that found the lock taken slept in SQLite's busy handler (1, 2, 5, 10 ms ...) and the
-threads fought over the GIL. Queued on one thread, they run back to back. Reads (the key
-lookup) still run on any worker thread: in WAL mode they never wait for the writer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TypeVar
@@ -112,24 +104,16 @@ class Database:
             else:
                 event.listen(engine, "handle_error", _unreachable)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._writer = (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxgate-sqlite-writer")
-            if self.is_sqlite
-            else None
-        )
 
     async def migrate(self) -> None:
         """Bring the schema to head. Safe when several replicas start at once."""
         await run_in_thread(migrate_to_head, self.sync_url)
 
-    async def transact(self, work: Callable[[Connection], T], *, writes: bool = True) -> T:
+    async def transact(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in one transaction (committed if it returns, rolled back if it raises)
         in a worker thread: one thread hop for the whole transaction, the event loop never
-        waits for the database. ``writes=False`` (it only reads) lets it run beside SQLite's
-        writer thread."""
-        if self._writer is None or not writes:
-            return await run_in_thread(self._transact, work)
-        return await _to_the_end(self._writer, self._transact, work)
+        waits for the database."""
+        return await run_in_thread(self._transact, work)
 
     def _transact(self, work: Callable[[Connection], T]) -> T:
         with self.sync_engine.begin() as connection:
@@ -146,30 +130,7 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
-        if self._writer is not None:
-            await run_in_thread(self._writer.shutdown)
         await run_in_thread(self.sync_engine.dispose)
-
-
-async def _to_the_end(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
-    """``fn(*args)`` on ``executor``, shielded as ``run_in_thread`` is: cancelled meanwhile, it
-    still waits for ``fn`` and returns its result, and the cancellation reaches the caller at
-    its next await. A reservation's caller thus always knows whether it committed."""
-    future = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
-    cancelled = False
-    try:
-        while True:
-            try:
-                return await asyncio.shield(future)
-            except asyncio.CancelledError:
-                cancelled = True
-                if future.done() and not future.cancelled():
-                    return future.result()
-    finally:
-        if cancelled:
-            task = asyncio.current_task()
-            if task is not None:
-                task.cancel()
 
 
 def migrate_to_head(sync_url: URL) -> None:

@@ -179,7 +179,7 @@ class KeyStore:
         def lookup(connection: Connection) -> Any:
             return connection.execute(_BY_DIGEST, {"digest": digest}).one_or_none()
 
-        row = await self._db.transact(lookup, writes=False)
+        row = await self._db.transact(lookup)
         if row is None or not hmac.compare_digest(row.secret_sha256, digest):
             return None
         return _to_key(row)
@@ -190,7 +190,7 @@ class KeyStore:
         def lookup(connection: Connection) -> Any:
             return connection.execute(_BY_ID, {"key_id": key_id}).one_or_none()
 
-        row = await self._db.transact(lookup, writes=False)
+        row = await self._db.transact(lookup)
         return _to_key(row) if row is not None else None
 
     async def list(self) -> list[ApiKey]:
