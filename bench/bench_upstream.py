@@ -92,8 +92,9 @@ BUDGET_MICROS = 1_000_000 * 1_000_000  # $1,000,000
 SPEECH_TEXT = "Hello there, this is the pass-through benchmark speaking."
 # Every 2xx answer each target gave, warm-ups included: voxgate's ledger must hold as many rows.
 SENT_OK: Counter[str] = Counter()
-TARGETS = ("direct", "voxgate", "voxgate-nofreeze", "voxgate-bootstrap", "litellm")
-FIRST_BYTE_TARGETS = ("direct", "voxgate", "litellm")
+TARGETS = ("direct", "voxgate", "voxgate-base", "voxgate-nofreeze", "voxgate-bootstrap", "litellm")
+DEFAULT_TARGETS = tuple(t for t in TARGETS if t != "voxgate-base")  # that one needs --base-src
+FIRST_BYTE_TARGETS = ("direct", "voxgate", "voxgate-base", "litellm")
 # Which upstream model each gateway's model name stands for.
 MODELS = {
     "whisper": ("bench-whisper", "whisper-1"),
@@ -525,6 +526,9 @@ class Variant:
 
 VARIANTS = {
     "voxgate": Variant(stored_key=True),
+    # The same, running the voxgate package found in --base-src (an export of another commit):
+    # before and after measured in one run, on the same load.
+    "voxgate-base": Variant(stored_key=True),
     "voxgate-nofreeze": Variant(stored_key=True, env=(("VOXGATE_GC_FREEZE", "false"),)),
     "voxgate-bootstrap": Variant(stored_key=False),
 }
@@ -551,7 +555,9 @@ def voxgate_gateway(
     else:
         secret = f"sk-bench-bootstrap-{os.urandom(8).hex()}"
         settings["VOXGATE_API_KEYS"] = secret
-    server = start_server(server_env(data_dir, settings), work / f"{name}.log")
+    # voxgate-base: `python -m voxgate` run from --base-src imports the package found there.
+    cwd = Path(settings.pop("VOXGATE_BENCH_SRC", REPO))
+    server = start_server(server_env(data_dir, settings), work / f"{name}.log", cwd=cwd)
     try:
         wait_healthy([server], STARTUP_TIMEOUT_S)
         log(f"{name} on {server.base_url} (pid {server.pid})")
@@ -635,6 +641,70 @@ IDLE_LEAVES = (
 )
 
 
+# The step of a request a sample belongs to: the innermost frame that names one. A sample whose
+# leaf is waking a worker thread (or waiting for the GIL to come back after it) is a thread
+# hand-off whatever the step; worker-thread samples count for the step their function serves.
+PHASES = (
+    ("Authenticator.authenticate (voxgate/", "auth: key lookup"),
+    ("KeyStore.find.<locals>.lookup (voxgate/", "auth: key lookup"),
+    ("Meter.admit (voxgate/", "admission: slot, requests/min"),
+    ("read_form (voxgate/", "multipart parse + spool"),
+    ("UploadSpool._write (voxgate/", "multipart parse + spool"),
+    ("UploadFile.write (starlette/", "multipart parse + spool"),
+    ("SpooledTemporaryFile.", "multipart parse + spool"),
+    ("UploadSpool.aclose (voxgate/", "multipart parse + spool"),
+    ("Request.json (starlette/", "JSON body parse + validation"),
+    ("model_validate (pydantic/", "JSON body parse + validation"),
+    ("measure_duration (voxgate/", "measure the upload"),
+    ("wav_duration (voxgate/", "measure the upload"),
+    ("Ticket.reserve (voxgate/", "ledger: reserve"),
+    ("Ledger.reserve.<locals>.hold (voxgate/", "ledger: reserve"),
+    ("Ticket.finish (voxgate/", "ledger: settle"),
+    ("Ledger._apply.<locals>.settle (voxgate/", "ledger: settle"),
+    ("_settle (voxgate/storage/usage.py", "ledger: settle"),
+    ("UpstreamClient.open (voxgate/", "upstream: request, response head (httpx)"),
+    ("MultipartBody.stream (voxgate/", "upstream: upload body"),
+    ("SpooledUpload.read_at (voxgate/", "upstream: upload body"),
+    ("Response.aread (httpx/", "upstream: read a small answer"),
+    ("_relay (voxgate/", "response: relay the upstream body"),
+    ("_record (voxgate/api/observability.py", "access log + metrics"),
+    ("Database._transact (voxgate/", "ledger and keys: begin/commit (worker thread)"),
+    ("solve_dependencies (fastapi/", "framework: dependencies"),
+)
+HAND_OFF_LEAVES = (
+    "Condition.notify (threading.py",
+    "run_sync_in_worker_thread (anyio/",
+    "WorkerThread.run (anyio/",
+)
+
+
+def summarise_phases(collapsed: str) -> dict[str, float]:
+    """Share of busy samples (%) per step of a request, from py-spy's collapsed stacks.
+
+    What no step claims is the HTTP server (uvicorn), the middleware and the framework around
+    the handler, or asyncio itself."""
+    counts: Counter[str] = Counter()
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count, frames = int(count_text), stack.split(";")
+        if any(leaf in frames[-1] for leaf in IDLE_LEAVES):
+            continue
+        if any(leaf in frames[-1] for leaf in HAND_OFF_LEAVES):
+            counts["thread hand-offs (waking a worker, GIL)"] += count
+            continue
+        phase = next(
+            (name for frame in reversed(frames) for key, name in PHASES if key in frame), None
+        )
+        if phase is None:
+            worker = "Thread._bootstrap" in frames[0]
+            phase = "worker threads: other" if worker else "HTTP server, middleware, framework"
+        counts[phase] += count
+    busy = sum(counts.values()) or 1
+    return {name: round(100 * n / busy, 1) for name, n in counts.most_common()}
+
+
 def summarise_profile(collapsed: str) -> dict[str, Any]:
     """Share of busy samples per component, event-loop thread and worker threads apart, from
     py-spy's collapsed stacks. A sample whose leaf is the (native) event loop or a thread
@@ -665,6 +735,7 @@ def summarise_profile(collapsed: str) -> dict[str, Any]:
             where: {name: round(100 * n / busy, 1) for name, n in counter.most_common()}
             for where, counter in threads.items()
         },
+        "share_of_busy_by_step_pct": summarise_phases(collapsed),
     }
 
 
@@ -723,7 +794,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies request counts")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "upstream.json")
-    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset")
+    parser.add_argument(
+        "--targets",
+        default=",".join(DEFAULT_TARGETS),
+        help=f"comma-separated subset of {','.join(TARGETS)}",
+    )
+    parser.add_argument(
+        "--base-src",
+        type=Path,
+        help="for target voxgate-base: a directory holding another commit's voxgate package "
+        "(git archive COMMIT voxgate | tar -x -C DIR)",
+    )
     parser.add_argument("--litellm-venv", type=Path, default=LITELLM_VENV)
     parser.add_argument("--first-byte-repeats", type=int, default=10)
     parser.add_argument("--profile", action="store_true", help="py-spy voxgate afterwards")
@@ -762,7 +843,12 @@ def main() -> None:
         targets = [Target("direct", upstream.url, UPSTREAM_KEY, upstream.pid, gateway=False)]
         for name in VARIANTS:
             if name in wanted:
-                gateway = voxgate_gateway(work, name, upstream.base_url, extra_env)
+                env = dict(extra_env)
+                if name == "voxgate-base":
+                    if args.base_src is None:
+                        sys.exit("bench_upstream: target voxgate-base needs --base-src DIR")
+                    env["VOXGATE_BENCH_SRC"] = str(args.base_src.resolve())
+                gateway = voxgate_gateway(work, name, upstream.base_url, env)
                 targets.append(stack.enter_context(gateway))
         if "litellm" in wanted:
             targets.append(

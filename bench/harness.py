@@ -75,15 +75,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(env: Mapping[str, str], log_path: Path, port: int | None = None) -> Server:
+def start_server(
+    env: Mapping[str, str], log_path: Path, port: int | None = None, cwd: Path = REPO
+) -> Server:
     """Start ``python -m voxgate serve`` on ``port`` (default: a free loopback port); does not
     wait for it. A replica restarted after a crash is given its old port back, as a load
-    balancer's configuration would."""
+    balancer's configuration would. ``python -m`` imports voxgate from ``cwd`` first: another
+    directory holding a ``voxgate`` package runs that code instead."""
     port = port or free_port()
     command = [sys.executable, "-m", "voxgate", "serve", "--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "ab") as log_file:  # a restarted replica appends to its log
         process = subprocess.Popen(
-            command, cwd=REPO, env=dict(env), stdout=log_file, stderr=subprocess.STDOUT
+            command, cwd=cwd, env=dict(env), stdout=log_file, stderr=subprocess.STDOUT
         )
     return Server(f"http://127.0.0.1:{port}", process, log_path)
 

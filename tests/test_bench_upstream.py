@@ -25,6 +25,7 @@ from bench_upstream import (
     multipart_body,
     report,
     speech_pcm_16k,
+    summarise_phases,
     summarise_profile,
     wav_of_size,
 )
@@ -91,6 +92,33 @@ def test_profile_shares_count_work_not_waiting() -> None:
         "upstream client: httpx/httpcore": 30.0,
     }
     assert shares["worker threads"] == {"ledger and keys: aiosqlite": 10.0}
+
+
+def test_profile_steps_take_the_innermost_step_and_count_hand_offs_apart() -> None:
+    root = "<module> (voxgate/__main__.py:3);GatewayMiddleware.__call__ (voxgate/api/gateway.py:9)"
+    collapsed = "\n".join(
+        [
+            f"{root};Runner.run (asyncio/runners.py:118) 50",  # idle
+            # the key lookup waking a worker thread: a hand-off, not the lookup
+            f"{root};Authenticator.authenticate (voxgate/services/keys.py:1);"
+            "run_sync (anyio/to_thread.py:65);Condition.notify (threading.py:382) 4",
+            f"{root};Authenticator.authenticate (voxgate/services/keys.py:1);"
+            "secret_digest (voxgate/storage/keys.py:39) 2",
+            # settle inside the gateway: the innermost step wins
+            f"{root};Ticket.finish (voxgate/services/metering.py:2);"
+            "Ledger.settle (voxgate/storage/usage.py:3) 2",
+            "Thread._bootstrap (threading.py:1002);"
+            "Ledger.reserve.<locals>.hold (voxgate/storage/usage.py:140) 1",
+            f"{root};RequestResponseCycle.send (uvicorn/protocols/http/httptools_impl.py:524) 1",
+        ]
+    )
+    assert summarise_phases(collapsed) == {
+        "thread hand-offs (waking a worker, GIL)": 40.0,
+        "auth: key lookup": 20.0,
+        "ledger: settle": 20.0,
+        "ledger: reserve": 10.0,
+        "HTTP server, middleware, framework": 10.0,
+    }
 
 
 def test_the_report_names_added_latency_and_the_ratio_to_litellm() -> None:

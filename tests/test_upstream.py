@@ -340,7 +340,7 @@ def test_503_is_retried_then_falls_back_replaying_the_same_bytes(
 def test_a_large_upload_is_replayed_from_disk_and_billed_on_its_real_length(
     gateway: Server, fake: FakeUpstream, gateway_db: str, metered_key: str
 ) -> None:
-    """5.7 MB (past the 1 MiB kept in memory, so spooled to disk): three attempts, one row."""
+    """5.7 MB (past the 4 MiB kept in memory, so spooled to disk): three attempts, one row."""
     data = audio_path(LONG_CLIP).read_bytes()
     with gateway.http_for(metered_key) as http:
         response = http.post(

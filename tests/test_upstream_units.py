@@ -172,6 +172,18 @@ def test_a_wav_is_measured_by_the_bytes_really_there() -> None:
         measure_duration(io.BytesIO(_wav(16000 * 3)), max_s=2)
 
 
+def test_a_wav_of_many_chunks_is_left_to_the_thread_that_demuxes() -> None:
+    """The event loop measures a WAV in memory only if its data comes within a few chunks, so a
+    file of thousands of tiny chunks cannot hold the loop up; a thread still measures it."""
+    wav = _wav(16000)
+    junk = b"junk" + struct.pack("<I", 2) + b"\x00\x00"
+    many = wav[:12] + junk * 5000 + wav[12:]
+    many = b"RIFF" + struct.pack("<I", len(many) - 8) + many[8:]
+    assert wav_duration(io.BytesIO(wav), max_chunks=16) == pytest.approx(1.0)
+    assert wav_duration(io.BytesIO(many), max_chunks=16) is None
+    assert measure_duration(io.BytesIO(many), max_s=60) == pytest.approx(1.0)
+
+
 def test_compressed_audio_is_measured_by_demuxing() -> None:
     source = audio_path("en-librispeech-1089-134686-0001.flac").open("rb")
     with source:

@@ -108,17 +108,21 @@ _WAV_CODES = (1, 3)  # PCM integer, IEEE float
 _WAV_EXTENSIBLE = 0xFFFE
 
 
-def wav_duration(source: BinaryIO) -> float | None:
+def wav_duration(source: BinaryIO, *, max_chunks: int | None = None) -> float | None:
     """Seconds in an uncompressed (PCM or float) WAV, from its chunks and the bytes really
     there (a ``data`` size larger than the file is not believed), in microseconds instead of
-    PyAV's milliseconds. None for anything else (the caller demuxes it)."""
+    PyAV's milliseconds. None for anything else (the caller demuxes it), and for a file with
+    more than ``max_chunks`` chunks before its data (so a caller on the event loop is never
+    held up by a file of a million tiny chunks)."""
     source.seek(0)
     try:
         head = source.read(12)
         if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
             return None
         block_align = sample_rate = 0
-        while True:
+        chunks = 0
+        while max_chunks is None or chunks < max_chunks:
+            chunks += 1
             chunk = source.read(8)
             if len(chunk) < 8:
                 return None
@@ -144,6 +148,7 @@ def wav_duration(source: BinaryIO) -> float | None:
                 return frames / sample_rate if frames else None
             else:
                 source.seek(size + size % 2, io.SEEK_CUR)
+        return None
     finally:
         source.seek(0)
 

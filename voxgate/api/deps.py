@@ -1,7 +1,9 @@
 """What a handler may ask for: the services, the caller, and the request's metering ticket.
 
 Authentication and admission happen in ``api/gateway.py`` before any handler runs; these only
-hand over what it found.
+hand over what it found. They are ``async def`` on purpose: FastAPI runs a plain ``def``
+dependency in a worker thread, and a thread hop per dependency per request was a large part of a
+pass-through request's latency (docs/benchmarks.md, "Where the time goes").
 """
 
 from __future__ import annotations
@@ -17,15 +19,15 @@ from voxgate.services.keys import Caller
 from voxgate.services.metering import Ticket
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     return cast(Services, request.app.state.services)
 
 
-def get_caller(request: Request) -> Caller:
+async def get_caller(request: Request) -> Caller:
     return cast(Caller, request.state.caller)
 
 
-def get_ticket(request: Request) -> Ticket:
+async def get_ticket(request: Request) -> Ticket:
     return cast(Ticket, request.state.ticket)
 
 

@@ -2,22 +2,52 @@
 
 Starlette's parser decodes a text part that is not valid UTF-8 as latin-1, so the handler would
 never see the bad bytes, and it reports its limits (part size, file count) without saying which
-part broke them. OpenAI names the field in ``param``; so does this parser. Files are still
-spooled to disk past 1 MB by Starlette, so uploads never sit whole in memory.
+part broke them. OpenAI names the field in ``param``; so does this parser. A file goes into an
+``UploadSpool`` (``voxgate/uploads.py``): memory up to a bound, else disk in large writes, so an
+upload never sits whole in memory past that bound and is never written 64 KiB per thread hop.
 """
 
 from __future__ import annotations
 
 from contextlib import aclosing
+from typing import BinaryIO, cast
 
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
+from voxgate.concurrency import run_in_thread
 from voxgate.errors import InvalidRequest
+from voxgate.uploads import UploadSpool
 
 MAX_TEXT_PART_BYTES = 1024 * 1024
+
+
+class SpooledUploadFile(UploadFile):
+    """Starlette's ``UploadFile`` over an ``UploadSpool``: the parser's writes are gathered by
+    the spool, so none of them costs a thread hop of its own."""
+
+    def __init__(self, upload: UploadFile) -> None:
+        self.spool = UploadSpool()
+        file = cast(BinaryIO, self.spool)  # a file object (read, seek) as UploadFile wants
+        super().__init__(file, size=0, filename=upload.filename, headers=upload.headers)
+
+    async def write(self, data: bytes) -> None:
+        await self.spool.append(data)
+        self.size = self.spool.size
+
+    async def seek(self, offset: int) -> None:
+        await self.spool.finish()  # the parser seeks to 0 when the part is complete
+        self.spool.seek(offset)
+
+    async def read(self, size: int = -1) -> bytes:
+        if self.spool.on_disk:
+            return await run_in_thread(self.spool.read, size)
+        return self.spool.read(size)
+
+    async def close(self) -> None:
+        await self.spool.aclose()
 
 
 class _StrictParser(MultiPartParser):
@@ -47,6 +77,12 @@ class _StrictParser(MultiPartParser):
             super().on_headers_finished()
         except MultiPartException as exc:
             raise InvalidRequest(exc.message, param=self._current_part.field_name or None) from None
+        part = self._current_part
+        if part.file is not None:
+            # Starlette's own spool (a SpooledTemporaryFile, still empty) is replaced.
+            self._files_to_close_on_error.pop().close()
+            part.file = SpooledUploadFile(part.file)
+            self._files_to_close_on_error.append(part.file.spool)  # type: ignore[arg-type]
 
 
 async def read_form(request: Request, *, max_files: int, max_fields: int) -> FormData:

@@ -1,9 +1,9 @@
 """POST /v1/audio/transcriptions and /v1/audio/translations (one shared form parser).
 
 The form is read by ``api/forms.py`` (Starlette's multipart parser, strict about text parts),
-which spools the file to disk past 1 MB, so uploads never sit whole in memory. Arrays arrive as
-repeated ``key[]`` parts (what the official SDK and OpenAI's curl examples send) or as plain
-repeated ``key``.
+which spools the file into an ``UploadSpool``: memory up to 4 MiB, disk past that. Arrays
+arrive as repeated ``key[]`` parts (what the official SDK and OpenAI's curl examples send) or
+as plain repeated ``key``.
 """
 
 from __future__ import annotations

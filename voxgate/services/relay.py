@@ -18,7 +18,7 @@ target like any other; which target comes first decides how the cost is measured
   Speech is billed on input characters: reserved after the local checks (what can be spoken,
   the voice) and before any engine work, or alongside a remote attempt.
 - **Route**: ``Router.walk`` tries the chain; each remote attempt sends the spooled upload
-  anew, byte for byte, from disk (``MultipartBody``), with the provider's key only.
+  anew, byte for byte, from its spool (``MultipartBody``), with the provider's key only.
 - **Deliver**: the local engine's speech is encoded chunk by chunk once its first chunk exists
   (so an engine error is still a clean JSON error); its transcription is handed back for the
   handler to render. An upstream's body is relayed chunk by chunk as it arrives, untouched
@@ -55,6 +55,7 @@ from voxgate.audio import (
     measure_duration,
     media_type,
     probe_duration,
+    wav_duration,
 )
 from voxgate.catalog import Catalog, CatalogEntry
 from voxgate.concurrency import iterate_in_thread, run_in_thread
@@ -455,7 +456,11 @@ async def _meter_and_reserve(
 
 
 async def _measure_and_reserve(ticket: Ticket, upload: SpooledUpload, max_s: float) -> float:
-    seconds = await run_in_thread(lambda: measure_duration(upload.reader(), max_s=max_s))
+    # A WAV in memory is measured from its chunks right here (microseconds, no thread hop);
+    # anything else, or a WAV too long, is demuxed or refused in a worker thread.
+    seconds = None if upload.on_disk else wav_duration(upload.reader(), max_chunks=16)
+    if seconds is None or seconds > max_s:
+        seconds = await run_in_thread(lambda: measure_duration(upload.reader(), max_s=max_s))
     await ticket.reserve(audio_seconds=seconds)
     return seconds
 

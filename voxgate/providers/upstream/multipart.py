@@ -1,7 +1,8 @@
 """A multipart/form-data body streamed from a spooled upload, with its exact length.
 
-Each attempt gets a fresh body over the same spooled file, so a retry or the next target
-receives the upload byte for byte, read from disk chunk by chunk, never copied whole.
+Each attempt gets a fresh body over the same spool, so a retry or the next target receives the
+upload byte for byte: from memory as the pieces it arrived in, or from disk a MiB at a time,
+never copied whole.
 """
 
 from __future__ import annotations
