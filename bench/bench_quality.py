@@ -103,9 +103,8 @@ def _clips(args: argparse.Namespace) -> list[tuple[Path, dict[str, Any], str]]:
     for audio_dir in args.audio_dir or [DEFAULT_AUDIO, TRANSLATION_AUDIO]:
         lines = (audio_dir / "manifest.jsonl").read_text().splitlines()
         for clip in map(json.loads, lines):
-            if (args.only and args.only not in clip["file"]) or clip[
-                "duration_s"
-            ] > args.max_seconds:
+            wanted = not args.only or any(part in clip["file"] for part in args.only)
+            if not wanted or clip["duration_s"] > args.max_seconds:
                 continue
             path = audio_dir / clip["file"]
             if clip["language"] == "en" and not args.translate_only:
@@ -156,7 +155,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 result.ref_words, result.direct_errors = _errors(reference, direct_text)
                 _, result.server_errors = _errors(reference, server_text)
             results.append(result)
-            harness.log(f"{clip['file']}: direct {direct_s:.1f}s, server {server_s:.1f}s")
+            # Texts too, so a run cut short on a busy machine still shows what it decoded.
+            harness.log(
+                f"{clip['file']}: direct {direct_s:.1f}s, server {server_s:.1f}s\n"
+                f"  direct: {direct_text}\n  server: {server_text}"
+            )
     return {"settings": settings, "load": harness.load_average(), "clips": results}
 
 
@@ -233,7 +236,9 @@ def main() -> None:
         help="a directory with manifest.jsonl (repeatable; default: the development set and "
         "bench/data/fleurs-translation)",
     )
-    parser.add_argument("--only", help="only clips whose file name contains this")
+    parser.add_argument(
+        "--only", action="append", help="only clips whose file name contains this (repeatable)"
+    )
     parser.add_argument("--max-seconds", type=float, default=3600, help="skip longer clips")
     parser.add_argument("--translate", action="store_true", help="also score translation")
     parser.add_argument("--translate-only", action="store_true", help="score translation only")
