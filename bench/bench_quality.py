@@ -172,11 +172,14 @@ def report(outcome: dict[str, Any]) -> str:
     lines = [
         f"settings: {outcome['settings'] or 'defaults'}; load average at the end: "
         f"{outcome['load']}",
-        "",
-        "| clip | s | ref words | direct errors | server errors | direct s | server s |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     words = [c for c in clips if c.task == "transcribe"]
+    if words:
+        lines += [
+            "",
+            "| clip | s | ref words | direct errors | server errors | direct s | server s |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
     for c in words:
         lines.append(
             f"| {c.file} | {c.duration_s:.1f} | {c.ref_words} | {c.direct_errors} | "
