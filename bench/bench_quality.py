@@ -13,11 +13,14 @@ run and interleaved (direct, then server, clip after clip, so a busy machine slo
 English clips are scored by word error rate: jiwer over texts normalised by Whisper's own
 ``EnglishTextNormalizer`` (the ``whisper-normalizer`` package: case, punctuation, spelled
 numbers, British/American spelling). With ``--translate``, non-English clips that carry an
-``english`` reference are translated both ways and scored with chrF (sacrebleu).
+``english`` reference are translated both ways and scored with chrF (sacrebleu), clip by clip
+and over the corpus. Translation clips come from the development set and from
+``bench/data/fleurs-translation`` (FLEURS clips whose FLORES English sentence is known).
 
     .venv/bin/python bench/bench_quality.py                      # every English clip
     .venv/bin/python bench/bench_quality.py --only fleurs --set VOXGATE_WHISPER_BEAM_SIZE=1
     .venv/bin/python bench/bench_quality.py --translate --out bench/results/quality.json
+    .venv/bin/python bench/bench_quality.py --translate-only --max-seconds 60
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ DEFAULT_AUDIO = next(
     (d for d in (harness.REPO.parent / "shared" / "audio",) if (d / "manifest.jsonl").is_file()),
     harness.REPO / "tests" / "data" / "audio",
 )
+# More translation clips: FLEURS sentences whose English (FLORES) reference is known.
+TRANSLATION_AUDIO = Path(__file__).resolve().parent / "data" / "fleurs-translation"
 _normalise = EnglishTextNormalizer()
 
 
@@ -92,25 +97,25 @@ def _server(client: openai.OpenAI, path: Path, task: str) -> tuple[str, float]:
     return str(result.text).strip(), time.perf_counter() - started
 
 
-def _clips(
-    audio_dir: Path, only: str | None, translate: bool, max_s: float
-) -> list[tuple[dict[str, Any], str]]:
-    manifest = [
-        json.loads(line) for line in (audio_dir / "manifest.jsonl").read_text().splitlines()
-    ]
-    chosen: list[tuple[dict[str, Any], str]] = []
-    for clip in manifest:
-        if (only and only not in clip["file"]) or clip["duration_s"] > max_s:
-            continue
-        if clip["language"] == "en":
-            chosen.append((clip, "transcribe"))
-        elif translate and clip.get("english"):
-            chosen.append((clip, "translate"))
+def _clips(args: argparse.Namespace) -> list[tuple[Path, dict[str, Any], str]]:
+    """(path, manifest entry, task) for every chosen clip of every audio directory."""
+    chosen: list[tuple[Path, dict[str, Any], str]] = []
+    for audio_dir in args.audio_dir or [DEFAULT_AUDIO, TRANSLATION_AUDIO]:
+        lines = (audio_dir / "manifest.jsonl").read_text().splitlines()
+        for clip in map(json.loads, lines):
+            wanted = not args.only or any(part in clip["file"] for part in args.only)
+            if not wanted or clip["duration_s"] > args.max_seconds:
+                continue
+            path = audio_dir / clip["file"]
+            if clip["language"] == "en" and not args.translate_only:
+                chosen.append((path, clip, "transcribe"))
+            elif (args.translate or args.translate_only) and clip.get("english"):
+                chosen.append((path, clip, "translate"))
     return chosen
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    clips = _clips(args.audio_dir, args.only, args.translate, args.max_seconds)
+    clips = _clips(args)
     data_dir = Path(tempfile.mkdtemp(prefix="bench-quality-"))
     # The server's engine threads run at a lower CPU priority; so does the direct model here
     # (its CTranslate2 pool inherits it), or foreign load on a shared machine would slow only
@@ -130,10 +135,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         client = openai.OpenAI(
             base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=1800
         )
-        _server(client, args.audio_dir / clips[0][0]["file"], clips[0][1])  # warm both
-        _direct(model, args.audio_dir / clips[0][0]["file"], clips[0][1])
-        for clip, task in clips:
-            path = args.audio_dir / clip["file"]
+        _server(client, clips[0][0], clips[0][2])  # warm both
+        _direct(model, clips[0][0], clips[0][2])
+        for path, clip, task in clips:
             direct_text, direct_s = _direct(model, path, task)
             server_text, server_s = _server(client, path, task)
             reference = clip["text"] if task == "transcribe" else clip["english"]
@@ -151,7 +155,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 result.ref_words, result.direct_errors = _errors(reference, direct_text)
                 _, result.server_errors = _errors(reference, server_text)
             results.append(result)
-            harness.log(f"{clip['file']}: direct {direct_s:.1f}s, server {server_s:.1f}s")
+            # Texts too, so a run cut short on a busy machine still shows what it decoded.
+            harness.log(
+                f"{clip['file']}: direct {direct_s:.1f}s, server {server_s:.1f}s\n"
+                f"  direct: {direct_text}\n  server: {server_text}"
+            )
     return {"settings": settings, "load": harness.load_average(), "clips": results}
 
 
@@ -164,11 +172,14 @@ def report(outcome: dict[str, Any]) -> str:
     lines = [
         f"settings: {outcome['settings'] or 'defaults'}; load average at the end: "
         f"{outcome['load']}",
-        "",
-        "| clip | s | ref words | direct errors | server errors | direct s | server s |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     words = [c for c in clips if c.task == "transcribe"]
+    if words:
+        lines += [
+            "",
+            "| clip | s | ref words | direct errors | server errors | direct s | server s |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
     for c in words:
         lines.append(
             f"| {c.file} | {c.duration_s:.1f} | {c.ref_words} | {c.direct_errors} | "
@@ -189,23 +200,51 @@ def report(outcome: dict[str, Any]) -> str:
         ]
     translated = [c for c in clips if c.task == "translate"]
     if translated:
-        refs = [[c.reference for c in translated]]
-        direct = sacrebleu.corpus_chrf([c.direct_text for c in translated], refs).score
-        server = sacrebleu.corpus_chrf([c.server_text for c in translated], refs).score
         lines += [
             "",
-            f"translation chrF over {len(translated)} clips: direct {direct:.1f}, "
-            f"server {server:.1f}",
+            "| clip | s | direct chrF | server chrF | direct s | server s |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for c in translated:
+            lines.append(
+                f"| {c.file} | {c.duration_s:.1f} | {_chrf([c.direct_text], [c.reference]):.1f} | "
+                f"{_chrf([c.server_text], [c.reference]):.1f} | {c.direct_s:.2f} | "
+                f"{c.server_s:.2f} |"
+            )
+        refs = [c.reference for c in translated]
+        direct = _chrf([c.direct_text for c in translated], refs)
+        server = _chrf([c.server_text for c in translated], refs)
+        direct_s = sum(c.direct_s for c in translated)
+        server_s = sum(c.server_s for c in translated)
+        lines += [
+            "",
+            f"translation corpus chrF over {len(translated)} clips: direct {direct:.1f}, "
+            f"server {server:.1f}; time: direct {direct_s:.1f} s, server {server_s:.1f} s "
+            f"(ratio {server_s / direct_s:.3f})",
         ]
     return "\n".join(lines)
 
 
+def _chrf(hypotheses: list[str], references: list[str]) -> float:
+    """Corpus chrF (sacrebleu's defaults: character 6-grams, beta 2, case-sensitive)."""
+    return float(sacrebleu.corpus_chrf(hypotheses, [references]).score)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--audio-dir", type=Path, default=DEFAULT_AUDIO)
-    parser.add_argument("--only", help="only clips whose file name contains this")
+    parser.add_argument(
+        "--audio-dir",
+        type=Path,
+        action="append",
+        help="a directory with manifest.jsonl (repeatable; default: the development set and "
+        "bench/data/fleurs-translation)",
+    )
+    parser.add_argument(
+        "--only", action="append", help="only clips whose file name contains this (repeatable)"
+    )
     parser.add_argument("--max-seconds", type=float, default=3600, help="skip longer clips")
     parser.add_argument("--translate", action="store_true", help="also score translation")
+    parser.add_argument("--translate-only", action="store_true", help="score translation only")
     parser.add_argument("--set", action="append", default=[], metavar="VOXGATE_X=VALUE")
     parser.add_argument("--out", type=Path, help="write every clip's texts and times as JSON")
     args = parser.parse_args()

@@ -12,9 +12,10 @@ faster-whisper's ``BatchedInferencePipeline``: Silero VAD cuts it into speech ch
 
 The batched pipeline decodes *without* timestamp tokens: with them, Whisper base dropped whole
 phrases at chunk ends (WER 0.118 against 0.039 on the 222 s LJ Speech clip). So does the plain
-decoder for a short English file (one window), where it makes fewer errors without them (the
-development set's 19 short English clips: 16 word errors against 19, see docs/benchmarks.md);
-other languages, translation and short windows of long files keep them. Segments without
+decoder for a short file (one window) transcribed in English or translated, where it makes
+fewer errors without them (docs/benchmarks.md: the 19 short English clips, 16 word errors
+against 19; the 18 translation clips, chrF 41.3 against 40.2); transcription in other languages
+and short windows of long files keep them. Segments without
 timestamp tokens are whole chunks, so when the response needs times (srt, vtt, verbose_json)
 we take word timestamps and cut each chunk into sentence-sized segments.
 """
@@ -178,12 +179,14 @@ class WhisperEngine:
             if job.chunking.explicit:  # a client's server_vad filters short audio too
                 options.update(vad_filter=True, vad_parameters=job.chunking.silero())
             detected = self._detect(window.audio, options, timestamp_free=whole_file)
-            # The timestamp-free path is for English transcription of a whole short file only:
-            # it was measured on English, German read by eSpeak came back with a sentence
-            # repeated (tests/test_speech.py), and a short window cut out of a long file came
-            # back empty (tests/test_long_audio.py).
-            english = options["language"] == "en" and job.task == "transcribe"
-            if self._timestamp_tokens or not whole_file or not english:
+            # The timestamp-free path is for a whole short file transcribed in English or
+            # translated (into English): both measured better (docs/benchmarks.md). One window
+            # needs no timestamp tokens to seek. Not for transcription in other languages:
+            # German read by eSpeak came back with a sentence repeated (tests/test_speech.py);
+            # nor for a short window cut out of a long file: it came back empty
+            # (tests/test_long_audio.py).
+            free = job.task == "translate" or options["language"] == "en"
+            if self._timestamp_tokens or not whole_file or not free:
                 raw_segments, info = self._model.transcribe(
                     window.audio, word_timestamps=job.word_timestamps, **options
                 )
