@@ -125,6 +125,14 @@ class UploadSpool(_PositionalFile):
         self._pending_size = 0
         self.size = 0
 
+    @classmethod
+    def holding(cls, data: bytes) -> UploadSpool:
+        """A spool of bytes already in memory (kept as they are, no copy), outside the shared
+        budget, which bounds what clients send: a piece of a split upload, the warm-up clip."""
+        spool = cls(MemoryBudget(len(data)))
+        spool._memory, spool._starts, spool.size = [data], [0], len(data)
+        return spool
+
     @property
     def on_disk(self) -> bool:
         return self._memory is None
@@ -217,7 +225,7 @@ class UploadSpool(_PositionalFile):
 
 
 class SpooledUpload:
-    """The uploaded file of a routed request: its spool, name and type."""
+    """An uploaded file: its spool, name and type."""
 
     def __init__(self, file: object, size: int, filename: str, content_type: str) -> None:
         if not isinstance(file, UploadSpool):
@@ -226,6 +234,11 @@ class SpooledUpload:
         self.size = size
         self.filename = filename
         self.content_type = content_type
+
+    @classmethod
+    def of_bytes(cls, data: bytes, filename: str, content_type: str) -> SpooledUpload:
+        """Bytes voxgate made itself, as an upload (see ``UploadSpool.holding``)."""
+        return cls(UploadSpool.holding(data), len(data), filename, content_type)
 
     @property
     def on_disk(self) -> bool:

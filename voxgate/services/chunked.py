@@ -28,7 +28,6 @@ import contextlib
 import json
 import math
 import re
-import tempfile
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -142,10 +141,8 @@ class Piece:
         return self.offset_s + self.duration_s
 
     def upload(self) -> SpooledUpload:
-        # In memory (it never rolls over); read by the attempt's body, then dropped with it.
-        file = tempfile.SpooledTemporaryFile(max_size=len(self.flac) + 1)  # noqa: SIM115
-        file.write(self.flac)
-        return SpooledUpload(file, len(self.flac), f"piece-{self.index + 1}.flac", "audio/flac")
+        # The encoded bytes themselves, uncopied; read by the attempt's body.
+        return SpooledUpload.of_bytes(self.flac, f"piece-{self.index + 1}.flac", "audio/flac")
 
 
 #: Samples converted to 16-bit and fed to the encoder at a time: a 600 s window is never

@@ -285,7 +285,7 @@ class WhisperEngine:
     async def warm_up(self) -> None:
         """Run one tiny decode so the first real request does not pay for lazy initialisation."""
         silence = _silent_wav(WHISPER_SAMPLE_RATE)
-        upload = SpooledUpload(io.BytesIO(silence), len(silence), "warm-up.wav", "audio/wav")
+        upload = SpooledUpload.of_bytes(silence, "warm-up.wav", "audio/wav")
 
         async def admit() -> float:
             return 1.0
