@@ -292,8 +292,9 @@ class EngineGate:
     party's previous job's tag plus that job's cost, and the lowest tag runs next. A key that
     floods the queue gets tags far ahead; another key's job gets the current virtual time and
     runs next, and equal keys share the engine in proportion to estimated cost, not job count.
-    A party with nothing queued may always queue one job, so a full queue of one key's jobs
-    never refuses another key outright (the expected-wait bound still applies).
+    A party with nothing queued may still queue one job when the queue is full (up to twice
+    ``queue_size`` in all; none when it is 0), so a full queue of one key's jobs does not
+    refuse another key outright (the expected-wait bound still applies).
     """
 
     def __init__(
@@ -453,7 +454,12 @@ class EngineGate:
 
     def _admit(self, party: str, tag: float) -> None:
         """Refuse at once what the queue cannot hold or cannot serve within ``max_wait_s``."""
-        if self._free == 0 and self.waiting >= self.queue_size and self._queued_by[party]:
+        full = self._free == 0 and self.waiting >= self.queue_size
+        # Past a full queue, a key with nothing queued still gets one place, up to twice the
+        # queue's size in all: the bound stays hard, and a size of 0 still queues nothing.
+        if full and (
+            self._queued_by[party] or self.waiting >= 2 * self.queue_size or not self.queue_size
+        ):
             raise Overloaded(
                 f"The {self.name} engine is at capacity ({self.running} running, "
                 f"{self.waiting} queued). Retry after the suggested delay.",
