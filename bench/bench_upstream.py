@@ -678,17 +678,21 @@ HAND_OFF_LEAVES = (
 )
 
 
+def _stacks(collapsed: str) -> Iterator[tuple[int, list[str]]]:
+    """py-spy's collapsed output: each stack's sample count and its frames, root first."""
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if stack:
+            yield int(count_text), stack.split(";")
+
+
 def summarise_phases(collapsed: str) -> dict[str, float]:
     """Share of busy samples (%) per step of a request, from py-spy's collapsed stacks.
 
     What no step claims is the HTTP server (uvicorn), the middleware and the framework around
     the handler, or asyncio itself."""
     counts: Counter[str] = Counter()
-    for line in collapsed.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack:
-            continue
-        count, frames = int(count_text), stack.split(";")
+    for count, frames in _stacks(collapsed):
         if any(leaf in frames[-1] for leaf in IDLE_LEAVES):
             continue
         if any(leaf in frames[-1] for leaf in HAND_OFF_LEAVES):
@@ -711,11 +715,7 @@ def summarise_profile(collapsed: str) -> dict[str, Any]:
     waiting is idle."""
     threads = {"event loop": Counter[str](), "worker threads": Counter[str]()}
     idle = 0
-    for line in collapsed.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack:
-            continue
-        count, frames = int(count_text), stack.split(";")
+    for count, frames in _stacks(collapsed):
         if any(leaf in frames[-1] for leaf in IDLE_LEAVES):
             idle += count
             continue
